@@ -1,0 +1,3 @@
+from watchgate.cli import main
+
+raise SystemExit(main())
