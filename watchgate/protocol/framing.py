@@ -38,6 +38,12 @@ class LineReader:
     async def readline(self) -> bytes | Oversized | None:
         while True:
             newline = self._buffer.find(b"\n", self._scanned)
+            if newline > self._max_bytes:
+                oversized = Oversized(newline, bytes(self._buffer[:EDGE_BYTES]),
+                                      bytes(self._buffer[max(0, newline - EDGE_BYTES) : newline]))
+                del self._buffer[: newline + 1]
+                self._scanned = 0
+                return oversized
             if newline >= 0:
                 line = bytes(self._buffer[:newline])
                 del self._buffer[: newline + 1]
