@@ -127,6 +127,8 @@ class Gateway:
         self.blocked_total = 0
         self.restarts = 0
         self._policy_names = ",".join(plugin.name for plugin in self.security) or None
+        self._commanded_restart = False
+        self._supervision: asyncio.Task | None = None
         self._upstream: UpstreamProcess | None = None
         self._restart_policy = RestartPolicy(server.restart)
         self._ids = itertools.count(1)
@@ -149,8 +151,29 @@ class Gateway:
 
     async def start(self) -> None:
         """Start the upstream supervision loop and the request timeout sweep."""
-        self._tasks.append(asyncio.create_task(self._run_upstream(), name=f"upstream-{self.server.name}"))
+        self._supervision = asyncio.create_task(self._run_upstream(), name=f"upstream-{self.server.name}")
+        self._tasks.append(self._supervision)
         self._tasks.append(asyncio.create_task(self._sweep_timeouts(), name=f"timeouts-{self.server.name}"))
+
+    def set_plugins(self, security: list[SecurityPlugin], auditing: list[AuditPlugin]) -> list[AuditPlugin]:
+        """Replace the plugin chains (a live reload); return the audit plugins taken out, for closing."""
+        self.security = sorted(security, key=lambda plugin: plugin.priority)
+        self._policy_names = ",".join(plugin.name for plugin in self.security) or None
+        previous, self.auditing = self.auditing, list(auditing)
+        return previous
+
+    async def restart_upstream(self, reason: str = "restart requested") -> None:
+        """Restart the upstream on command: not counted as a crash, and clears FATAL."""
+        self._restart_policy.reset()
+        if self._supervision is None or self._supervision.done():
+            logger.info("Starting upstream %s again: %s", self.server.name, reason)
+            self._supervision = asyncio.create_task(self._run_upstream(), name=f"upstream-{self.server.name}")
+            self._tasks.append(self._supervision)
+            return
+        if self._upstream is not None:
+            logger.info("Restarting upstream %s: %s", self.server.name, reason)
+            self._commanded_restart = True
+            await self._upstream.stop()
 
     async def wait_started(self, timeout: float) -> bool:
         """Wait until the upstream has been spawned or has failed to start."""
@@ -220,6 +243,11 @@ class Gateway:
                 reason = await self._serve_upstream(upstream)
             if self._stopping:
                 return
+            if self._commanded_restart:
+                self._commanded_restart = False
+                self.restarts += 1
+                self._audit_lifecycle(EventType.UPSTREAM_RESTART, reason="restart requested")
+                continue
             delay = self._restart_policy.failed()
             if delay is None:
                 reason = f"gave up after {self.server.restart.max_restarts} restarts: {reason}"
@@ -253,8 +281,9 @@ class Gateway:
         stderr = upstream.last_stderr()
         if stderr:
             reason = f"{reason}; last stderr line: {stderr}"
-        if not self._stopping:
+        if not self._stopping and not self._commanded_restart:
             logger.warning("Upstream %s (pid %s) %s", self.server.name, upstream.pid, reason)
+        if not self._stopping:
             self._audit_upstream_exit(upstream, returncode)
         self._ready.clear()
         self._fail_pending(ErrorCode.UPSTREAM_EXITED,
@@ -516,6 +545,7 @@ class Gateway:
         self._init_waiters.clear()
 
     def _remember_client(self, session: Session, params: Raw | Any) -> None:
+        session.initialize_params = None if params is UNSET else params
         try:
             decoded = jsonrpc.decode_value(params) if params is not UNSET else {}
         except msgspec.DecodeError:
@@ -673,19 +703,11 @@ class Gateway:
         self._init_result = result
         self._init_in_flight = False
         if self._init_params is None:
-            self._init_params = self._initialize_params_of(session)
+            self._init_params = session.initialize_params
         for future in self._init_waiters:
             if not future.done():
                 future.set_result(None)
         self._init_waiters.clear()
-
-    def _initialize_params_of(self, session: Session) -> Raw:
-        params = {
-            "protocolVersion": session.protocol_version,
-            "capabilities": session.capabilities,
-            "clientInfo": {"name": session.client_name or "watchgate", "version": session.client_version or ""},
-        }
-        return Raw(jsonrpc.encode_value(params))
 
     def _filter_tools(self, session: Session, pending: Pending, result: Raw) -> Raw:
         """Remove tools a security plugin blocks, keeping every other member (nextCursor too)."""
@@ -792,15 +814,21 @@ class Gateway:
         return session
 
     def _pick_session_for(self, method: str) -> Session | None:
-        """Choose the session for a server-to-client request: the one with a call in flight, else a capable one."""
-        capability = CAPABILITY_OF_METHOD.get(method)
-        candidates = [s for s in self.sessions if capability is None or s.declares(capability)]
-        busy = [s for s in candidates if s.inflight]
+        """Choose the session for a server-to-client request.
+
+        The session with a request in flight is chosen when there is exactly
+        one; otherwise a busy session that declared the capability, then any
+        session that declared it (any session at all for `ping`).
+        """
+        busy = [session for session in self.sessions if session.inflight]
         if len(busy) == 1:
             return busy[0]
-        if busy:
-            return busy[0]
-        return candidates[0] if candidates else None
+        capability = CAPABILITY_OF_METHOD.get(method)
+        capable = [s for s in self.sessions if capability is None or s.declares(capability)]
+        for session in capable:
+            if session.inflight:
+                return session
+        return capable[0] if capable else None
 
     # ------------------------------------------------------------ subscriptions
 

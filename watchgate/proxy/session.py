@@ -6,6 +6,8 @@ import asyncio
 import logging
 import uuid
 
+from msgspec import Raw
+
 from watchgate.protocol.jsonrpc import RequestId
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,7 @@ class Session:
         self.client_version: str | None = None
         self.protocol_version: str | None = None
         self.capabilities: dict = {}
+        self.initialize_params: Raw | None = None
         self.initialized = False
         self.closed = False
         # Client request id -> gateway id of the request in flight upstream.
