@@ -10,7 +10,7 @@ import signal
 from watchgate.config.model import Config, ServerConfig
 from watchgate.plugins.manager import load_auditing_plugins, load_security_plugins
 from watchgate.proxy.server import Gateway
-from watchgate.stdio import open_stdio
+from watchgate.stdio import serve_stdio
 
 logger = logging.getLogger(__name__)
 
@@ -31,17 +31,15 @@ async def run_standalone(config: Config, server: ServerConfig) -> int:
     try:
         await gateway.start()
         await gateway.wait_started(server.startup_timeout)
-        reader, writer = await open_stdio()
+        session = await serve_stdio(gateway)
         logger.info("MCPProxy now accepting client connections")
-        session = asyncio.create_task(gateway.serve(reader, writer), name="stdio-session")
         stopped = asyncio.create_task(stop.wait(), name="stop-signal")
         await asyncio.wait({session, stopped}, return_when=asyncio.FIRST_COMPLETED)
         reason = f"received {received[0]}" if received else "client closed the connection"
         logger.info("Shutting down: %s", reason)
         await gateway.shutdown(reason)
         stopped.cancel()
-        session.cancel()
-        await asyncio.gather(session, stopped, return_exceptions=True)
+        await asyncio.gather(stopped, return_exceptions=True)
     finally:
         await gateway.shutdown("exiting")
         await loop.run_in_executor(None, _close_audit, auditing)

@@ -1,4 +1,4 @@
-"""Asyncio streams over this process's stdin and stdout."""
+"""Serve a gateway session on this process's stdin and stdout."""
 
 from __future__ import annotations
 
@@ -7,21 +7,29 @@ import os
 import stat
 import sys
 
+from watchgate.proxy.server import Gateway
+from watchgate.proxy.session import SessionProtocol, WriteSideProtocol
 
-class _BlockingWriter:
-    """A StreamWriter stand-in for a stdout that is a regular file (asyncio pipes reject files)."""
 
-    transport = None
+class _FileTransport:
+    """A write transport for a stdout that is a regular file, which asyncio pipes reject."""
 
     def __init__(self, fd: int):
         self._fd = fd
         self._closed = False
+
+    @property
+    def transport(self) -> "_FileTransport":
+        return self
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
     async def drain(self) -> None:
         return None
@@ -37,21 +45,34 @@ def _is_regular_file(fd: int) -> bool:
     return stat.S_ISREG(os.fstat(fd).st_mode)
 
 
-async def open_stdio() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Return a reader for stdin and a writer for stdout, without blocking the loop on pipes."""
+async def serve_stdio(gateway: Gateway) -> asyncio.Future:
+    """Start serving stdin/stdout as one session; return a future that completes when it ends."""
+    loop = asyncio.get_running_loop()
+    stdin_fd, stdout_fd = sys.stdin.fileno(), sys.stdout.fileno()
+    if _is_regular_file(stdin_fd) or _is_regular_file(stdout_fd):
+        return asyncio.ensure_future(_serve_files(gateway, stdin_fd, stdout_fd))
+    write_side = WriteSideProtocol()
+    write_transport, _ = await loop.connect_write_pipe(lambda: write_side, os.fdopen(os.dup(stdout_fd), "wb", 0))
+    reader = SessionProtocol(gateway, write_transport=write_transport)
+    write_side.reader = reader
+    await loop.connect_read_pipe(lambda: reader, os.fdopen(os.dup(stdin_fd), "rb", 0))
+    return reader.session.finished
+
+
+async def _serve_files(gateway: Gateway, stdin_fd: int, stdout_fd: int) -> None:
+    """Serve when stdin or stdout is a regular file (a recorded session replayed, say)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
-    stdin_fd = sys.stdin.fileno()
     if _is_regular_file(stdin_fd):
         reader.feed_data(os.read(stdin_fd, os.fstat(stdin_fd).st_size) if os.fstat(stdin_fd).st_size else b"")
         reader.feed_eof()
     else:
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(stdin_fd), "rb", 0))
-    stdout_fd = sys.stdout.fileno()
     if _is_regular_file(stdout_fd):
-        return reader, _BlockingWriter(stdout_fd)
-    transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(os.dup(stdout_fd), "wb", 0)
-    )
-    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-    return reader, writer
+        writer = _FileTransport(stdout_fd)
+    else:
+        transport, protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, os.fdopen(os.dup(stdout_fd), "wb", 0)
+        )
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    await gateway.serve(reader, writer)

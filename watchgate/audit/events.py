@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import time
 from typing import Any
 
 import msgspec
@@ -60,10 +61,20 @@ class AuditEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     seq: int | None = None
 
 
+_second_cache: list = [None, ""]
+
+
 def utc_timestamp(now: float | None = None) -> str:
-    """Format a Unix time (default: now) as UTC ISO 8601 with milliseconds and a Z."""
+    """Format a Unix time (default: now) as UTC ISO 8601 with milliseconds and a Z.
+
+    The text up to the second is cached, because formatting it costs more than
+    the rest of recording an event.
+    """
     if now is None:
-        moment = datetime.datetime.now(datetime.timezone.utc)
-    else:
-        moment = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+        now = time.time()
+    second = int(now)
+    if _second_cache[0] != second:
+        moment = datetime.datetime.fromtimestamp(second, datetime.timezone.utc)
+        _second_cache[1] = moment.strftime("%Y-%m-%dT%H:%M:%S.")
+        _second_cache[0] = second
+    return f"{_second_cache[1]}{int((now - second) * 1000):03d}Z"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 
 READ_CHUNK_BYTES = 256 * 1024
 # Bytes kept from each end of an oversized line, to find its id for the error reply.
@@ -20,72 +21,105 @@ class Oversized:
         self.tail = tail
 
 
-class LineReader:
-    """Split a byte stream into lines of at most `max_bytes` (excluding the newline).
+class LineSplitter:
+    """Split fed bytes into lines of at most `max_bytes` (excluding the newline).
 
-    `readline()` returns the next line without its newline, an `Oversized`
-    record for a line past the limit, or None at end of stream. A final line
-    without a newline is returned as a line. Blank lines are skipped.
+    `feed()` returns the lines completed by a chunk, without their newlines,
+    with an `Oversized` record in place of each line past the limit. Blank
+    lines are skipped and a trailing CR is dropped.
+    """
+
+    def __init__(self, max_bytes: int):
+        self._max_bytes = max_bytes
+        self._buffer = bytearray()
+        self._discarding: Oversized | None = None
+
+    def feed(self, data: bytes) -> list[bytes | Oversized]:
+        lines: list[bytes | Oversized] = []
+        start = 0
+        if self._discarding is not None:
+            start = self._continue_discard(data)
+            if start < 0:
+                return lines
+            lines.append(self._discarding)
+            self._discarding = None
+        if self._buffer:
+            newline = data.find(b"\n", start)
+            if newline < 0:
+                self._append_partial(data[start:])
+                return lines
+            self._buffer += data[start:newline]
+            self._emit(bytes(self._buffer), lines)
+            self._buffer.clear()
+            start = newline + 1
+        while True:
+            newline = data.find(b"\n", start)
+            if newline < 0:
+                break
+            self._emit(data[start:newline], lines)
+            start = newline + 1
+        if start < len(data):
+            self._append_partial(data[start:])
+        return lines
+
+    def finish(self) -> list[bytes | Oversized]:
+        """Return what is left at end of stream: a last line without its newline."""
+        lines: list[bytes | Oversized] = []
+        if self._discarding is not None:
+            lines.append(self._discarding)
+            self._discarding = None
+        elif self._buffer:
+            self._emit(bytes(self._buffer), lines)
+        self._buffer.clear()
+        return lines
+
+    def _emit(self, line: bytes, lines: list[bytes | Oversized]) -> None:
+        if len(line) > self._max_bytes:
+            lines.append(Oversized(len(line), line[:EDGE_BYTES], line[-EDGE_BYTES:]))
+            return
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if line and not line.isspace():
+            lines.append(line)
+
+    def _append_partial(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        if len(self._buffer) > self._max_bytes:
+            self._discarding = Oversized(len(self._buffer), bytes(self._buffer[:EDGE_BYTES]),
+                                         bytes(self._buffer[-EDGE_BYTES:]))
+            self._buffer.clear()
+
+    def _continue_discard(self, data: bytes) -> int:
+        """Drop the oversized line's bytes in `data`; return where the next line starts, or -1."""
+        record = self._discarding
+        newline = data.find(b"\n")
+        end = len(data) if newline < 0 else newline
+        record.size += end
+        record.tail = (record.tail + data[max(0, end - EDGE_BYTES) : end])[-EDGE_BYTES:]
+        return -1 if newline < 0 else newline + 1
+
+
+class LineReader:
+    """Read lines from an asyncio StreamReader through a LineSplitter.
+
+    `readline()` returns the next line, an `Oversized` record, or None at end
+    of stream.
     """
 
     def __init__(self, reader: asyncio.StreamReader, max_bytes: int):
         self._reader = reader
-        self._max_bytes = max_bytes
-        self._buffer = bytearray()
-        self._scanned = 0
+        self._splitter = LineSplitter(max_bytes)
+        self._ready: collections.deque[bytes | Oversized] = collections.deque()
         self._eof = False
 
     async def readline(self) -> bytes | Oversized | None:
-        while True:
-            newline = self._buffer.find(b"\n", self._scanned)
-            if newline > self._max_bytes:
-                oversized = Oversized(newline, bytes(self._buffer[:EDGE_BYTES]),
-                                      bytes(self._buffer[max(0, newline - EDGE_BYTES) : newline]))
-                del self._buffer[: newline + 1]
-                self._scanned = 0
-                return oversized
-            if newline >= 0:
-                line = bytes(self._buffer[:newline])
-                del self._buffer[: newline + 1]
-                self._scanned = 0
-                if line.strip():
-                    return line.rstrip(b"\r")
-                continue
-            if len(self._buffer) > self._max_bytes:
-                return await self._discard_oversized()
+        while not self._ready:
             if self._eof:
-                return self._take_rest()
-            self._scanned = len(self._buffer)
+                return None
             chunk = await self._reader.read(READ_CHUNK_BYTES)
             if chunk:
-                self._buffer += chunk
+                self._ready.extend(self._splitter.feed(chunk))
             else:
                 self._eof = True
-
-    def _take_rest(self) -> bytes | None:
-        rest = bytes(self._buffer)
-        self._buffer.clear()
-        self._scanned = 0
-        return rest if rest.strip() else None
-
-    async def _discard_oversized(self) -> Oversized:
-        """Drop bytes up to the end of the current line, keeping only its edges."""
-        head = bytes(self._buffer[:EDGE_BYTES])
-        size = len(self._buffer)
-        tail = bytes(self._buffer[-EDGE_BYTES:])
-        self._buffer.clear()
-        self._scanned = 0
-        while True:
-            chunk = await self._reader.read(READ_CHUNK_BYTES)
-            if not chunk:
-                self._eof = True
-                return Oversized(size, head, tail)
-            newline = chunk.find(b"\n")
-            if newline < 0:
-                size += len(chunk)
-                tail = (tail + chunk)[-EDGE_BYTES:]
-                continue
-            size += newline
-            tail = (tail + chunk[:newline])[-EDGE_BYTES:]
-            self._buffer += chunk[newline + 1 :]
-            return Oversized(size, head, tail)
+                self._ready.extend(self._splitter.finish())
+        return self._ready.popleft()

@@ -12,6 +12,7 @@ import itertools
 import logging
 import shlex
 import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import msgspec
@@ -23,7 +24,7 @@ from watchgate.plugins.base import AuditPlugin, SecurityPlugin
 from watchgate.protocol import jsonrpc
 from watchgate.protocol.framing import LineReader, Oversized
 from watchgate.protocol.jsonrpc import Envelope, ErrorCode, InvalidMessage, Kind, RequestId
-from watchgate.proxy.session import Session
+from watchgate.proxy.session import Session, SessionProtocol
 from watchgate.proxy.upstream import SpawnError, UpstreamProcess, describe_returncode
 from watchgate.restart import RestartPolicy
 
@@ -119,6 +120,7 @@ class Gateway:
         self.server = server
         self.security = sorted(security, key=lambda plugin: plugin.priority)
         self.auditing = list(auditing)
+        self._audit_bodies = _wants_bodies(self.auditing)
         self.max_message_bytes = max_message_bytes
         self.sessions: set[Session] = set()
         self.state = UpstreamState.STOPPED
@@ -129,6 +131,9 @@ class Gateway:
         self._policy_names = ",".join(plugin.name for plugin in self.security) or None
         self._commanded_restart = False
         self._supervision: asyncio.Task | None = None
+        self._backlogged: set[Session] = set()
+        self._background: set[asyncio.Task] = set()
+        self._upstream_paused_writing = False
         self._upstream: UpstreamProcess | None = None
         self._restart_policy = RestartPolicy(server.restart)
         self._ids = itertools.count(1)
@@ -160,6 +165,7 @@ class Gateway:
         self.security = sorted(security, key=lambda plugin: plugin.priority)
         self._policy_names = ",".join(plugin.name for plugin in self.security) or None
         previous, self.auditing = self.auditing, list(auditing)
+        self._audit_bodies = _wants_bodies(self.auditing)
         return previous
 
     async def restart_upstream(self, reason: str = "restart requested") -> None:
@@ -228,7 +234,9 @@ class Gateway:
         command_text = command_line(self.server)
         while not self._stopping:
             self._set_state(UpstreamState.STARTING, "starting")
-            upstream = UpstreamProcess(self.server, self.max_message_bytes)
+            upstream = UpstreamProcess(self.server, self.max_message_bytes, self._upstream_line)
+            upstream.on_pause_writing = self._pause_sessions
+            upstream.on_resume_writing = self._resume_sessions
             try:
                 await upstream.start()
             except SpawnError as error:
@@ -265,7 +273,6 @@ class Gateway:
     async def _serve_upstream(self, upstream: UpstreamProcess) -> str:
         """Pump one upstream process until it exits; return why it stopped."""
         self._set_state(UpstreamState.RUNNING, "running")
-        reader = asyncio.create_task(self._read_upstream(upstream), name=f"read-{self.server.name}")
         replay = None
         if self._init_params is not None:
             replay = asyncio.create_task(self._replay_initialize(), name=f"replay-{self.server.name}")
@@ -276,7 +283,6 @@ class Gateway:
         finally:
             if replay is not None:
                 replay.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
         reason = describe_returncode(returncode)
         stderr = upstream.last_stderr()
         if stderr:
@@ -333,29 +339,43 @@ class Gateway:
 
     # ------------------------------------------------------------------ sessions
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, user: str | None = None) -> None:
-        """Serve one client connection until it closes."""
-        session = Session(reader, writer, user)
+    def open_session(self, session: Session) -> None:
+        """Register a connected client; lines then go to `handle_client_line`."""
         self.sessions.add(session)
         self._audit(EventType.SESSION_OPEN, session)
-        logger.debug("Session %s opened (user %s)", session.id, user)
+        logger.debug("Session %s opened (user %s)", session.id, session.user)
+        if self._upstream_paused_writing:
+            session.pause_reading()
+
+    def close_session(self, session: Session) -> None:
+        if session in self.sessions:
+            self._close_session(session)
+
+    def connection_protocol(self, user_of: Callable[[asyncio.BaseTransport], str | None] | None = None):
+        """Return a protocol factory serving each connection as a session (for `create_unix_server`)."""
+        return lambda: SessionProtocol(self, user_of)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, user: str | None = None) -> None:
+        """Serve one client connection given as asyncio streams, until it closes."""
+        session = Session(writer.transport, user, drain=writer.drain)
+        self.open_session(session)
         lines = LineReader(reader, self.max_message_bytes)
         try:
             while not session.closed:
                 line = await lines.readline()
                 if line is None:
                     break
-                if isinstance(line, Oversized):
-                    self._reject_oversized_from_client(session, line)
-                    continue
-                await self._handle_client_line(session, line)
+                waiting = self.handle_client_line(session, line)
+                if waiting is not None:
+                    await waiting
         except (ConnectionError, asyncio.IncompleteReadError) as error:
             logger.info("Session %s connection lost: %s", session.id, error)
         finally:
-            self._close_session(session)
+            self.close_session(session)
 
     def _close_session(self, session: Session) -> None:
         self.sessions.discard(session)
+        self._backlogged.discard(session)
         for client_id, gateway_id in list(session.inflight.items()):
             if self._pending.pop(gateway_id, None) is not None:
                 self._send_cancel(gateway_id, "client disconnected")
@@ -383,7 +403,15 @@ class Gateway:
         self._audit(EventType.ERROR, session, request_id=request_id, status="error",
                     error_code=ErrorCode.MESSAGE_TOO_LARGE, reason=message)
 
-    async def _handle_client_line(self, session: Session, line: bytes) -> None:
+    def handle_client_line(self, session: Session, line: bytes | Oversized) -> Coroutine | None:
+        """Handle one line from a client; return a coroutine when the line must wait (for the upstream).
+
+        The caller runs the coroutine to completion before handing over the
+        session's next line, so a session's messages keep their order.
+        """
+        if isinstance(line, Oversized):
+            self._reject_oversized_from_client(session, line)
+            return None
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("client %s -> %s: %s", session.id, self.server.name, _preview(line))
         try:
@@ -393,58 +421,67 @@ class Gateway:
             session.send(jsonrpc.error_response(error.request_id, error.code, error.message))
             self._audit(EventType.ERROR, session, request_id=error.request_id, status="error",
                         error_code=error.code, reason=error.message)
-            return
+            return None
         try:
             if kind is Kind.REQUEST:
-                await self._client_request(session, message, line)
-            elif kind is Kind.NOTIFICATION:
+                return self._client_request(session, message, line)
+            if kind is Kind.NOTIFICATION:
                 self._client_notification(session, message)
             else:
                 self._client_response(session, message)
         except Exception:
-            logger.exception("Handling %s from session %s failed", message.method or "a response", session.id)
-            if kind is Kind.REQUEST:
-                session.send(jsonrpc.error_response(message.id, ErrorCode.INTERNAL_ERROR, "Internal error in Watchgate"))
+            self._internal_error(session, message, kind)
+        return None
+
+    def _internal_error(self, session: Session, message: Envelope, kind: Kind) -> None:
+        logger.exception("Handling %s from session %s failed", message.method or "a response", session.id)
+        if kind is Kind.REQUEST:
+            session.send(jsonrpc.error_response(message.id, ErrorCode.INTERNAL_ERROR, "Internal error in Watchgate"))
 
     # ------------------------------------------------------- client -> upstream
 
-    async def _client_request(self, session: Session, message: Envelope, line: bytes) -> None:
+    def _client_request(self, session: Session, message: Envelope, line: bytes) -> Coroutine | None:
         client_id = message.id
         method = message.method
         if client_id in session.inflight:
             self._reply_error(session, client_id, method, None, ErrorCode.INVALID_REQUEST,
                               f"Invalid Request: id {client_id!r} is already in flight")
-            return
+            return None
         if not self._audit_healthy():
             self._reply_error(session, client_id, method, None, ErrorCode.AUDIT_UNAVAILABLE,
                               "Audit log unavailable: a critical audit file cannot be written")
-            return
+            return None
         tool = None
         if method == "tools/call":
             tool = self._tool_name(message.params)
             if tool is None:
                 self._reply_error(session, client_id, method, None, ErrorCode.INVALID_PARAMS,
                                   "Invalid params: tools/call needs a string 'name'")
-                return
+                return None
         if not self._check_policy(session, client_id, method, tool):
-            return
+            return None
         self.requests_total += 1
         self._audit(EventType.REQUEST, session, method=method, tool=tool, status="ALLOWED",
                     request_id=client_id, plugin=self._policy_names, params=message.params)
         if method == "initialize":
-            await self._client_initialize(session, message, line)
-            return
+            return self._client_initialize(session, message, line)
         if method == "resources/subscribe" and self._subscribe_locally(session, message):
-            return
+            return None
         if method == "resources/unsubscribe" and self._unsubscribe_locally(session, message):
-            return
+            return None
+        if self._ready.is_set():
+            self._forward_request(session, message, line, tool, self.server.request_timeout)
+            return None
+        return self._forward_when_ready(session, message, line, tool)
+
+    async def _forward_when_ready(self, session: Session, message: Envelope, line: bytes, tool: str | None) -> None:
         try:
             await self._wait_ready()
         except UpstreamUnavailable as error:
-            self._reply_error(session, client_id, method, tool, error.code, error.message)
+            self._reply_error(session, message.id, message.method, tool, error.code, error.message)
             return
-        self._forward_request(session, message, line, tool, self.server.request_timeout)
-        await self._drain_upstream()
+        if not session.closed:
+            self._forward_request(session, message, line, tool, self.server.request_timeout)
 
     def _tool_name(self, params: Raw | Any) -> str | None:
         if params is UNSET:
@@ -628,31 +665,59 @@ class Gateway:
 
     # ------------------------------------------------------- upstream -> client
 
-    async def _read_upstream(self, upstream: UpstreamProcess) -> None:
-        while True:
-            line = await upstream.stdout.readline()
-            if line is None:
-                return
-            if isinstance(line, Oversized):
-                self._reject_oversized_from_upstream(line)
-                continue
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("%s -> gateway: %s", self.server.name, _preview(line))
-            try:
-                kind, message = jsonrpc.decode(line)
-            except InvalidMessage as error:
-                logger.warning("Upstream %s sent an invalid message: %s", self.server.name, error.message)
-                self._audit(EventType.ERROR, None, status="error", error_code=error.code,
-                            reason=f"invalid message from upstream: {error.message}")
-                continue
+    def _upstream_line(self, line: bytes | Oversized) -> None:
+        if isinstance(line, Oversized):
+            self._reject_oversized_from_upstream(line)
+            return
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s -> gateway: %s", self.server.name, _preview(line))
+        try:
+            kind, message = jsonrpc.decode(line)
+        except InvalidMessage as error:
+            logger.warning("Upstream %s sent an invalid message: %s", self.server.name, error.message)
+            self._audit(EventType.ERROR, None, status="error", error_code=error.code,
+                        reason=f"invalid message from upstream: {error.message}")
+            return
+        try:
             if kind is Kind.RESPONSE:
                 session = self._upstream_response(message)
             elif kind is Kind.NOTIFICATION:
                 session = self._upstream_notification(message)
             else:
                 session = self._upstream_request(message)
-            if session is not None and session.backlogged:
-                await session.wait_writable()
+        except Exception:
+            logger.exception("Handling %s from upstream %s failed", message.method or "a response", self.server.name)
+            return
+        if session is not None and session.backlogged:
+            self._hold_upstream_for(session)
+
+    def _hold_upstream_for(self, session: Session) -> None:
+        """Stop reading the upstream until a backlogged client has caught up (or is dropped)."""
+        if session in self._backlogged:
+            return
+        self._backlogged.add(session)
+        if self._upstream is not None:
+            self._upstream.pause_reading()
+        task = asyncio.get_running_loop().create_task(self._release_upstream_after(session))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _release_upstream_after(self, session: Session) -> None:
+        await session.wait_writable()
+        self._backlogged.discard(session)
+        if not self._backlogged and self._upstream is not None:
+            self._upstream.resume_reading()
+
+    def _pause_sessions(self) -> None:
+        """The upstream's stdin is full: stop reading client input until it drains."""
+        self._upstream_paused_writing = True
+        for session in self.sessions:
+            session.pause_reading()
+
+    def _resume_sessions(self) -> None:
+        self._upstream_paused_writing = False
+        for session in self.sessions:
+            session.resume_reading()
 
     def _reject_oversized_from_upstream(self, line: Oversized) -> None:
         gateway_id = jsonrpc.find_id(line.head, line.tail)
@@ -890,14 +955,6 @@ class Gateway:
         except (ConnectionError, RuntimeError) as error:
             logger.info("Write to upstream %s failed: %s", self.server.name, error)
 
-    async def _drain_upstream(self) -> None:
-        upstream = self._upstream
-        if upstream is not None and upstream.write_buffer_size > 0:
-            try:
-                await upstream.drain()
-            except (ConnectionError, RuntimeError):
-                pass
-
     def _broadcast(self, data: bytes) -> None:
         for session in self.sessions:
             session.send(data)
@@ -949,6 +1006,8 @@ class Gateway:
                 self._send_cancel(gateway_id, "request timed out in Watchgate")
 
     def _audit_healthy(self) -> bool:
+        if not self.auditing:
+            return True
         return all(plugin.healthy for plugin in self.auditing)
 
     # -------------------------------------------------------------------- audit
@@ -959,8 +1018,10 @@ class Gateway:
         request_id = fields.get("request_id")
         if request_id is not None:
             fields["request_id"] = str(request_id)
-        params = fields.pop("params", None)
-        result = fields.pop("result", None)
+        params = fields.pop("params", None) if self._audit_bodies else None
+        result = fields.pop("result", None) if self._audit_bodies else None
+        fields.pop("params", None)
+        fields.pop("result", None)
         event = AuditEvent(
             timestamp=utc_timestamp(),
             event_type=event_type.value,
@@ -982,6 +1043,8 @@ class Gateway:
                 logger.exception("Audit plugin %s failed to record a %s event", plugin.name, event_type.value)
 
     def _audit_response(self, pending: Pending, gateway_id: int, status: str, **fields: Any) -> None:
+        if not self.auditing:
+            return
         self._audit(EventType.RESPONSE, pending.session, method=pending.method, tool=pending.tool, status=status,
                     request_id=pending.client_id, duration_ms=_elapsed_ms(pending.started), **fields)
 
@@ -993,6 +1056,11 @@ class Gateway:
         self._audit_lifecycle(EventType.UPSTREAM_EXIT, pid=upstream.pid, status="error",
                               exit_code=returncode if returncode >= 0 else None, signal=signal_name,
                               reason=upstream.last_stderr() or None)
+
+
+def _wants_bodies(plugins: list[AuditPlugin]) -> bool:
+    """Tell whether any audit plugin records params and results, which are otherwise not attached."""
+    return any(getattr(getattr(plugin, "config", None), "include_bodies", False) for plugin in plugins)
 
 
 def command_line(server: ServerConfig) -> str:

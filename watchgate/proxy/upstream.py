@@ -8,12 +8,14 @@ import errno
 import logging
 import os
 import signal
+import subprocess
 import time
+from collections.abc import Callable
 
 import psutil
 
 from watchgate.config.model import ServerConfig
-from watchgate.protocol.framing import LineReader, Oversized
+from watchgate.protocol.framing import LineSplitter, Oversized
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ STDERR_MAX_LINE = 64 * 1024  # longer stderr lines are summarised, never buffere
 STDERR_LOG_CHARS = 1000
 GROUP_EXIT_POLL = 0.05  # seconds between checks that a process group is gone
 STRAGGLER_TIMEOUT = 1.0  # seconds for group members left after the leader exited
+STDOUT_DRAIN_TIMEOUT = 0.5  # seconds to read what an exited upstream left in its stdout pipe
 
 
 def upstream_environment(server: ServerConfig, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -70,94 +73,146 @@ def describe_returncode(returncode: int) -> str:
     return f"exited with code {returncode}"
 
 
-class UpstreamProcess:
-    """A started upstream: its stdin for writing, its stdout lines, its stderr kept and logged."""
+class _UpstreamProtocol(asyncio.SubprocessProtocol):
+    """Receives the upstream's stdout lines and stderr, and its flow-control and exit callbacks."""
 
-    def __init__(self, server: ServerConfig, max_message_bytes: int):
+    def __init__(self, upstream: "UpstreamProcess"):
+        self._upstream = upstream
+        self._stdout = LineSplitter(upstream.max_message_bytes)
+        self._stderr = LineSplitter(STDERR_MAX_LINE)
+        self.exited = asyncio.get_running_loop().create_future()
+        self.stdout_closed = asyncio.get_running_loop().create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd == 1:
+            on_line = self._upstream.on_line
+            for line in self._stdout.feed(data):
+                on_line(line)
+        else:
+            for line in self._stderr.feed(data):
+                self._upstream.stderr_line(line)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1:
+            for line in self._stdout.finish():
+                self._upstream.on_line(line)
+            _resolve(self.stdout_closed)
+        elif fd == 2:
+            for line in self._stderr.finish():
+                self._upstream.stderr_line(line)
+
+    def pause_writing(self) -> None:
+        self._upstream.on_pause_writing()
+
+    def resume_writing(self) -> None:
+        self._upstream.on_resume_writing()
+
+    def process_exited(self) -> None:
+        _resolve(self.exited)
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _ignore(*_args) -> None:
+    return None
+
+
+class UpstreamProcess:
+    """A started upstream: stdin for writing, stdout lines delivered to `on_line`, stderr kept and logged."""
+
+    def __init__(self, server: ServerConfig, max_message_bytes: int, on_line: Callable[[bytes | Oversized], None]):
         self.server = server
-        self._max_message_bytes = max_message_bytes
-        self._process: asyncio.subprocess.Process | None = None
-        self.stdout: LineReader | None = None
+        self.max_message_bytes = max_message_bytes
+        self.on_line = on_line
+        self.on_pause_writing: Callable[[], None] = _ignore
+        self.on_resume_writing: Callable[[], None] = _ignore
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
-        self._stderr_task: asyncio.Task | None = None
+        self._transport: asyncio.SubprocessTransport | None = None
+        self._protocol: _UpstreamProtocol | None = None
+        self._stdin: asyncio.WriteTransport | None = None
         self._stderr_window_start = 0.0
         self._stderr_logged = 0
         self._stderr_suppressed = 0
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process else None
+        return self._transport.get_pid() if self._transport else None
 
     @property
     def returncode(self) -> int | None:
-        return self._process.returncode if self._process else None
+        return self._transport.get_returncode() if self._transport else None
 
     async def start(self) -> None:
         command = self.server.command
+        loop = asyncio.get_running_loop()
         try:
-            self._process = await asyncio.create_subprocess_exec(
+            self._transport, self._protocol = await loop.subprocess_exec(
+                lambda: _UpstreamProtocol(self),
                 *command,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 env=upstream_environment(self.server),
                 cwd=self.server.cwd,
                 start_new_session=True,
             )
         except OSError as error:
             raise SpawnError(command, error) from error
-        self.stdout = LineReader(self._process.stdout, self._max_message_bytes)
-        self._stderr_task = asyncio.create_task(self._drain_stderr(), name=f"stderr-{self.server.name}")
+        self._stdin = self._transport.get_pipe_transport(0)
 
     def write(self, data: bytes) -> None:
-        stdin = self._process.stdin
-        if stdin.is_closing():
+        stdin = self._stdin
+        if stdin is None or stdin.is_closing():
             raise ConnectionResetError("upstream stdin is closed")
         stdin.write(data)
 
-    async def drain(self) -> None:
-        await self._process.stdin.drain()
+    def pause_reading(self) -> None:
+        stdout = self._transport.get_pipe_transport(1) if self._transport else None
+        if stdout is not None and not stdout.is_closing():
+            stdout.pause_reading()
 
-    @property
-    def write_buffer_size(self) -> int:
-        return self._process.stdin.transport.get_write_buffer_size()
+    def resume_reading(self) -> None:
+        stdout = self._transport.get_pipe_transport(1) if self._transport else None
+        if stdout is not None and not stdout.is_closing():
+            stdout.resume_reading()
 
     async def wait(self) -> int:
-        returncode = await self._process.wait()
-        if self._stderr_task:
-            # stderr reaches EOF once every process holding it is gone; do not wait for stragglers.
-            try:
-                await asyncio.wait_for(asyncio.shield(self._stderr_task), timeout=0.5)
-            except asyncio.TimeoutError:
-                pass
-        return returncode
+        """Wait for the process to exit and for its stdout to be read to the end."""
+        await self._protocol.exited
+        try:
+            # Output still in the pipe is delivered first; a grandchild holding stdout open is not waited for.
+            await asyncio.wait_for(asyncio.shield(self._protocol.stdout_closed), STDOUT_DRAIN_TIMEOUT)
+        except asyncio.TimeoutError:
+            pass
+        return self._transport.get_returncode()
 
     def last_stderr(self) -> str:
         return self.stderr_tail[-1] if self.stderr_tail else ""
 
     async def stop(self) -> None:
         """Stop the whole process group: close stdin, then SIGTERM, then SIGKILL, each after a wait."""
-        process = self._process
-        if process is None:
+        if self._transport is None:
             return
-        pgid = process.pid
-        if process.returncode is None:
-            if process.stdin and not process.stdin.is_closing():
-                process.stdin.close()
+        pgid = self._transport.get_pid()
+        if not self._protocol.exited.done():
+            if self._stdin is not None and not self._stdin.is_closing():
+                self._stdin.close()
             if not await self._wait_exit(self.server.shutdown_grace):
                 logger.info("Upstream %s (pid %d) still running after stdin closed; sending SIGTERM", self.server.name, pgid)
                 _signal_group(pgid, signal.SIGTERM)
                 if not await self._wait_exit(self.server.terminate_timeout):
                     logger.warning("Upstream %s (pid %d) ignored SIGTERM; sending SIGKILL", self.server.name, pgid)
                     _signal_group(pgid, signal.SIGKILL)
-                    await process.wait()
+                    await self._wait_exit(self.server.terminate_timeout)
         await self._stop_stragglers(pgid)
-        if self._stderr_task:
-            self._stderr_task.cancel()
+        self._transport.close()
 
     async def _wait_exit(self, timeout: float) -> bool:
         try:
-            await asyncio.wait_for(self._process.wait(), timeout)
+            await asyncio.wait_for(asyncio.shield(self._protocol.exited), timeout)
         except asyncio.TimeoutError:
             return False
         return True
@@ -176,24 +231,16 @@ class UpstreamProcess:
 
     def kill_group_now(self) -> None:
         """Send SIGKILL to the group at once, for exits that cannot wait."""
-        if self._process is not None:
-            _signal_group(self._process.pid, signal.SIGKILL)
+        if self._transport is not None:
+            _signal_group(self._transport.get_pid(), signal.SIGKILL)
 
-    async def _drain_stderr(self) -> None:
-        reader = LineReader(self._process.stderr, STDERR_MAX_LINE)
-        while True:
-            line = await reader.readline()
-            if line is None:
-                break
-            if isinstance(line, Oversized):
-                text = f"<stderr line of {line.size} bytes>"
-            else:
-                text = line.decode("utf-8", "replace")
-            self.stderr_tail.append(text[:STDERR_LOG_CHARS])
-            self._log_stderr(text)
-        if self._stderr_suppressed:
-            logger.info("[%s] %d more stderr lines not logged", self.server.name, self._stderr_suppressed)
-            self._stderr_suppressed = 0
+    def stderr_line(self, line: bytes | Oversized) -> None:
+        if isinstance(line, Oversized):
+            text = f"<stderr line of {line.size} bytes>"
+        else:
+            text = line.decode("utf-8", "replace")
+        self.stderr_tail.append(text[:STDERR_LOG_CHARS])
+        self._log_stderr(text)
 
     def _log_stderr(self, text: str) -> None:
         now = time.monotonic()
