@@ -6,7 +6,9 @@ import asyncio
 import os
 import stat
 import sys
+import threading
 
+from watchgate.protocol.framing import READ_CHUNK_BYTES
 from watchgate.proxy.server import Gateway
 from watchgate.proxy.session import SessionProtocol, WriteSideProtocol
 
@@ -41,15 +43,24 @@ class _FileTransport:
         self._closed = True
 
 
-def _is_regular_file(fd: int) -> bool:
-    return stat.S_ISREG(os.fstat(fd).st_mode)
+def _is_pollable(fd: int) -> bool:
+    """Tell whether the event loop can watch `fd`: pipes, sockets and terminals, not files or /dev/null."""
+    mode = os.fstat(fd).st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
+
+
+def _read_blocking(fd: int, reader: asyncio.StreamReader, loop: asyncio.AbstractEventLoop) -> None:
+    """Copy a non-pollable stdin into `reader` from a thread."""
+    while chunk := os.read(fd, READ_CHUNK_BYTES):
+        loop.call_soon_threadsafe(reader.feed_data, chunk)
+    loop.call_soon_threadsafe(reader.feed_eof)
 
 
 async def serve_stdio(gateway: Gateway) -> asyncio.Future:
     """Start serving stdin/stdout as one session; return a future that completes when it ends."""
     loop = asyncio.get_running_loop()
     stdin_fd, stdout_fd = sys.stdin.fileno(), sys.stdout.fileno()
-    if _is_regular_file(stdin_fd) or _is_regular_file(stdout_fd):
+    if not (_is_pollable(stdin_fd) and _is_pollable(stdout_fd)):
         return asyncio.ensure_future(_serve_files(gateway, stdin_fd, stdout_fd))
     write_side = WriteSideProtocol()
     write_transport, _ = await loop.connect_write_pipe(lambda: write_side, os.fdopen(os.dup(stdout_fd), "wb", 0))
@@ -60,15 +71,14 @@ async def serve_stdio(gateway: Gateway) -> asyncio.Future:
 
 
 async def _serve_files(gateway: Gateway, stdin_fd: int, stdout_fd: int) -> None:
-    """Serve when stdin or stdout is a regular file (a recorded session replayed, say)."""
+    """Serve when stdin or stdout is a file or /dev/null (a recorded session replayed, say)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
-    if _is_regular_file(stdin_fd):
-        reader.feed_data(os.read(stdin_fd, os.fstat(stdin_fd).st_size) if os.fstat(stdin_fd).st_size else b"")
-        reader.feed_eof()
+    if not _is_pollable(stdin_fd):
+        threading.Thread(target=_read_blocking, args=(stdin_fd, reader, loop), name="stdin", daemon=True).start()
     else:
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(stdin_fd), "rb", 0))
-    if _is_regular_file(stdout_fd):
+    if not _is_pollable(stdout_fd):
         writer = _FileTransport(stdout_fd)
     else:
         transport, protocol = await loop.connect_write_pipe(

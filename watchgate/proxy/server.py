@@ -461,6 +461,8 @@ class Gateway:
         if not self._check_policy(session, client_id, method, tool):
             return None
         self.requests_total += 1
+        if method == "initialize":
+            self._remember_client(session, message.params)
         self._audit(EventType.REQUEST, session, method=method, tool=tool, status="ALLOWED",
                     request_id=client_id, plugin=self._policy_names, params=message.params)
         if method == "initialize":
@@ -540,7 +542,6 @@ class Gateway:
         return Raw(jsonrpc.encode_value(decoded)), gateway_token
 
     async def _client_initialize(self, session: Session, message: Envelope, line: bytes) -> None:
-        self._remember_client(session, message.params)
         if self._init_result is None and not self._init_in_flight:
             try:
                 await self._wait_ready()

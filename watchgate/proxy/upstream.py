@@ -181,7 +181,8 @@ class UpstreamProcess:
 
     async def wait(self) -> int:
         """Wait for the process to exit and for its stdout to be read to the end."""
-        await self._protocol.exited
+        # Shielded: cancelling a waiter must not cancel the shared future that stop() relies on.
+        await asyncio.shield(self._protocol.exited)
         try:
             # Output still in the pipe is delivered first; a grandchild holding stdout open is not waited for.
             await asyncio.wait_for(asyncio.shield(self._protocol.stdout_closed), STDOUT_DRAIN_TIMEOUT)
