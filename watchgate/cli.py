@@ -43,6 +43,12 @@ def _run_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", required=True, metavar="FILE", help="configuration file (YAML)")
     parser.add_argument("--server", metavar="NAME", help="server to run when the configuration names several")
+    parser.add_argument(
+        "--mode", choices=("auto", "shim", "standalone"), default="auto",
+        help="auto (default): relay to a running service when <runtime_dir>/<server>.sock accepts a "
+        "connection, else run the gateway in this process; shim: relay only, exit 3 without a service; "
+        "standalone: always run the gateway in this process",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="log at DEBUG level (payloads truncated)")
     parser.add_argument("--version", action="version", version=f"watchgate {__version__}")
     return parser
@@ -102,6 +108,21 @@ def _run(options: argparse.Namespace) -> int:
     server = _select_server(config, options.server)
     if server is None:
         return EXIT_USAGE
+    if options.mode != "standalone":
+        from watchgate.shim import connect_socket, run_shim, socket_path_for
+
+        socket_path = socket_path_for(config.service.runtime_dir, server.name)
+        connection = connect_socket(socket_path)
+        if connection is not None:
+            logger.info("Mode: shim (relaying to the service at %s)", socket_path)
+            return run_event_loop(run_shim(socket_path, connection, config.max_message_bytes))
+        if options.mode == "shim":
+            logger.error("No Watchgate service is listening on %s; start it with `watchgate serve --config %s` "
+                         "or use --mode auto", socket_path, options.config)
+            return EXIT_NO_SERVICE
+        logger.info("Mode: standalone (no service is listening on %s)", socket_path)
+    else:
+        logger.info("Mode: standalone (--mode standalone)")
     from watchgate.main import run_standalone
 
     return run_event_loop(run_standalone(config, server))
