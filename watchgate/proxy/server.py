@@ -39,15 +39,6 @@ CAPABILITY_OF_METHOD = {
     "sampling/createMessage": "sampling",
     "elicitation/create": "elicitation",
 }
-BROADCAST_NOTIFICATIONS = frozenset(
-    {
-        "notifications/tools/list_changed",
-        "notifications/resources/list_changed",
-        "notifications/prompts/list_changed",
-        "notifications/message",
-    }
-)
-
 
 class UpstreamState(enum.Enum):
     STARTING = "STARTING"
@@ -59,14 +50,6 @@ class UpstreamState(enum.Enum):
 
 class _ToolName(msgspec.Struct):
     name: str
-
-
-class _ProgressMeta(msgspec.Struct):
-    progressToken: int | str
-
-
-class _Params(msgspec.Struct):
-    _meta: dict[str, Any] = {}
 
 
 _tool_name_decoder = msgspec.json.Decoder(_ToolName)
@@ -196,7 +179,7 @@ class Gateway:
         return self.state is UpstreamState.RUNNING
 
     async def shutdown(self, reason: str = "gateway shutting down") -> None:
-        """Answer what is in flight, stop the upstream group and close every session."""
+        """Fail the requests in flight, stop the upstream group and close every session."""
         if self._stopping:
             return
         self._stopping = True
