@@ -6,27 +6,12 @@ import errno
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from watchgate.audit import sink as sink_module
 from watchgate.audit.emitter import AuditEmitter
-from watchgate.audit.events import AuditEvent
-
-# Retry interval for failing audit files in tests, short so recovery tests finish fast.
-TEST_RETRY_INTERVAL = 0.05
-# Upper bound for any wait on the writer thread in these tests.
-WAIT_TIMEOUT = 10.0
-
-TIMESTAMP = "2024-06-16T10:30:15.123Z"
-
-
-def make_event(**fields: Any) -> AuditEvent:
-    """Return an AuditEvent with a fixed timestamp unless one is given."""
-    fields.setdefault("timestamp", TIMESTAMP)
-    return AuditEvent(**fields)
-
+from helpers.audit_events import TEST_RETRY_INTERVAL, WAIT_TIMEOUT
 
 @pytest.fixture
 def emitter() -> Iterator[AuditEmitter]:
@@ -49,12 +34,6 @@ def full_disk_path(tmp_path: Path) -> Callable[[Path], None]:
         path.symlink_to("/dev/full")
 
     return make_full
-
-
-def restore_regular_file(path: Path) -> None:
-    """Replace a /dev/full symlink with a regular file, like freeing disk space."""
-    path.unlink()
-    path.touch()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import TEST_RETRY_INTERVAL, WAIT_TIMEOUT, make_event, restore_regular_file
+from helpers.audit_events import TEST_RETRY_INTERVAL, WAIT_TIMEOUT, make_event, restore_regular_file
 from helpers.waiting import wait_until_sync
 
 from watchgate.audit.emitter import AuditEmitter, get_emitter

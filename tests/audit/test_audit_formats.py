@@ -9,7 +9,7 @@ import re
 
 import msgspec
 import pytest
-from conftest import TIMESTAMP, make_event
+from helpers.audit_events import TIMESTAMP, make_event
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import WAIT_TIMEOUT
+from helpers.audit_events import WAIT_TIMEOUT
 
 from watchgate.audit.emitter import AuditEmitter
 from watchgate.audit.events import AuditEvent

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_event, restore_regular_file
+from helpers.audit_events import make_event, restore_regular_file
 from helpers import processes
 
 from watchgate.audit import sink as sink_module

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from conftest import WAIT_TIMEOUT, make_event, restore_regular_file
+from helpers.audit_events import WAIT_TIMEOUT, make_event, restore_regular_file
 from helpers.waiting import wait_until_sync
 
 from watchgate.audit.emitter import AuditEmitter

@@ -52,13 +52,28 @@ class Session:
         self._drain = drain
         self._writable = asyncio.Event()
         self._writable.set()
-        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._outgoing: list[bytes] = []
+        self.finished: asyncio.Future[None] = self._loop.create_future()
 
     def __repr__(self) -> str:
         return f"<Session {self.id} client={self.client_name!r}>"
 
     def send(self, data: bytes) -> None:
-        if not self.closed:
+        """Queue data for the client; everything queued in one loop iteration goes out in one write."""
+        if self.closed:
+            return
+        if not self._outgoing:
+            self._loop.call_soon(self.flush)
+        self._outgoing.append(data)
+
+    def flush(self) -> None:
+        outgoing = self._outgoing
+        if not outgoing:
+            return
+        data = outgoing[0] if len(outgoing) == 1 else b"".join(outgoing)
+        outgoing.clear()
+        if not self.transport.is_closing():
             self.transport.write(data)
 
     @property
@@ -99,6 +114,7 @@ class Session:
     def close(self) -> None:
         if self.closed:
             return
+        self.flush()
         self.closed = True
         self._writable.set()
         if not self.finished.done():

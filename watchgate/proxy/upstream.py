@@ -133,6 +133,7 @@ class UpstreamProcess:
         self._transport: asyncio.SubprocessTransport | None = None
         self._protocol: _UpstreamProtocol | None = None
         self._stdin: asyncio.WriteTransport | None = None
+        self._outgoing: list[bytes] = []
         self._stderr_window_start = 0.0
         self._stderr_logged = 0
         self._stderr_suppressed = 0
@@ -164,10 +165,22 @@ class UpstreamProcess:
         self._stdin = self._transport.get_pipe_transport(0)
 
     def write(self, data: bytes) -> None:
+        """Queue data for the upstream; everything queued in one loop iteration goes out in one write."""
         stdin = self._stdin
         if stdin is None or stdin.is_closing():
             raise ConnectionResetError("upstream stdin is closed")
-        stdin.write(data)
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._outgoing.append(data)
+
+    def flush(self) -> None:
+        outgoing = self._outgoing
+        if not outgoing:
+            return
+        data = outgoing[0] if len(outgoing) == 1 else b"".join(outgoing)
+        outgoing.clear()
+        if self._stdin is not None and not self._stdin.is_closing():
+            self._stdin.write(data)
 
     def pause_reading(self) -> None:
         stdout = self._transport.get_pipe_transport(1) if self._transport else None
@@ -200,6 +213,7 @@ class UpstreamProcess:
         pgid = self._transport.get_pid()
         if not self._protocol.exited.done():
             if self._stdin is not None and not self._stdin.is_closing():
+                self.flush()
                 self._stdin.close()
             if not await self._wait_exit(self.server.shutdown_grace):
                 logger.info("Upstream %s (pid %d) still running after stdin closed; sending SIGTERM", self.server.name, pgid)

@@ -1,0 +1,1 @@
+"""Shared helpers for the end-to-end tests: paths, processes, clients and logs."""
