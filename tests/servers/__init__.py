@@ -1,0 +1,1 @@
+"""Purpose-built MCP servers that the tests run as upstreams."""
