@@ -50,7 +50,9 @@ class WorkerFds:
 def run_worker(config: Config, name: str, fds: WorkerFds) -> int:
     """Run the worker until SIGTERM or the supervisor's exit; return the exit status."""
     from watchgate.cli import run_event_loop
+    from watchgate.memory import tune_allocator
 
+    tune_allocator()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     return run_event_loop(Worker(config, name, fds).run())
 

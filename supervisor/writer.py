@@ -84,6 +84,7 @@ class AuditWriter:
         self._selector = selectors.DefaultSelector()
         self._reading = False
         self._wakeup_read, self._wakeup_write = os.pipe()
+        self._reported_health: tuple[bool, ...] = ()
 
     # -------------------------------------------------------------- main loop
 
@@ -108,7 +109,10 @@ class AuditWriter:
             batch = self._poll(max(0.0, next_report - time.monotonic()))
             if batch:
                 self._write_batch(batch)
-                self._report()
+                # Figures go out once per interval; a change in sink health goes out at once,
+                # because workers must start or stop rejecting requests for critical files.
+                if self._sink_health() != self._reported_health:
+                    self._report()
         logger.info("Audit writer stopping: %s", self._stop_reason)
         self._drain()
         if self.emitter.close(CLOSE_TIMEOUT):
@@ -236,7 +240,11 @@ class AuditWriter:
     def _queued(self) -> int:
         return sum(channel["queued"] for channel in self.emitter.status())
 
+    def _sink_health(self) -> tuple[bool, ...]:
+        return tuple(channel["healthy"] for channel in self.emitter.status())
+
     def _report(self) -> None:
+        self._reported_health = self._sink_health()
         sinks = [{"path": channel["path"], "healthy": channel["healthy"], "critical": channel["critical"],
                   "lost": channel["lost_events"]} for channel in self.emitter.status()]
         report = {

@@ -8,6 +8,7 @@ import os
 import signal
 
 from watchgate.config.model import Config, ServerConfig
+from watchgate.memory import tune_allocator
 from watchgate.plugins.manager import load_auditing_plugins, load_security_plugins
 from watchgate.proxy.server import Gateway
 from watchgate.stdio import serve_stdio
@@ -20,6 +21,7 @@ EXIT_FORCED = 1
 async def run_standalone(config: Config, server: ServerConfig) -> int:
     """Serve the client on stdio until it closes the stream or a signal arrives."""
     logger.info("Starting Watchgate MCP Gateway for server %s", server.name)
+    tune_allocator()
     auditing = load_auditing_plugins(config, server.name)
     security = load_security_plugins(config, server.name)
     gateway = Gateway(server, security, auditing, config.max_message_bytes)

@@ -163,6 +163,7 @@ class PipeAuditPlugin:
         self._seq = 0
         self._unwritable_paths: frozenset[str] = frozenset()
         self._early: list[bytes] = []
+        self._pending_frames: list[bytes] = []
         self._transport: asyncio.WriteTransport | None = None
         self._protocol: _PipeProtocol | None = None
 
@@ -205,7 +206,7 @@ class PipeAuditPlugin:
     def queued_bytes(self) -> int:
         if self._transport is None:
             return sum(len(frame) for frame in self._early)
-        return self._transport.get_write_buffer_size()
+        return self._transport.get_write_buffer_size() + sum(len(frame) for frame in self._pending_frames)
 
     def record(self, event: AuditEvent) -> None:
         wanted = [entry for entry in self.entries if accepts_event(entry, event)]
@@ -224,7 +225,19 @@ class PipeAuditPlugin:
             # The sequence number is spent, so the writer records an AUDIT_GAP once it writes again.
             self.dropped += 1
         elif not self._protocol.lost:
-            self._transport.write(frame)
+            if not self._pending_frames:
+                asyncio.get_running_loop().call_soon(self._write_pending)
+            self._pending_frames.append(frame)
+
+    def _write_pending(self) -> None:
+        """Write the frames recorded in one loop iteration with one system call."""
+        frames = self._pending_frames
+        if not frames or self._transport is None or self._protocol.lost:
+            frames.clear()
+            return
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        frames.clear()
+        self._transport.write(data)
 
     def _drops_frames(self) -> bool:
         """Drop instead of queueing while the pipe is full and no entry's file can be written."""
@@ -245,6 +258,7 @@ class PipeAuditPlugin:
 
     async def flush(self, timeout: float) -> bool:
         """Wait until every queued frame is in the pipe; return False on timeout."""
+        self._write_pending()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self._transport is not None and not self._protocol.lost and self._transport.get_write_buffer_size():
@@ -255,5 +269,6 @@ class PipeAuditPlugin:
 
     def close(self) -> None:
         if self._transport is not None:
+            self._write_pending()
             self._transport.close()
 

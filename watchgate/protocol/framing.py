@@ -31,7 +31,10 @@ class LineSplitter:
 
     def __init__(self, max_bytes: int):
         self._max_bytes = max_bytes
-        self._buffer = bytearray()
+        # The start of an unfinished line, as received: joined once when its newline arrives,
+        # so a large message is copied once rather than on every chunk.
+        self._parts: list[bytes] = []
+        self._partial_size = 0
         self._discarding: Oversized | None = None
 
     def feed(self, data: bytes) -> list[bytes | Oversized]:
@@ -43,14 +46,15 @@ class LineSplitter:
                 return lines
             lines.append(self._discarding)
             self._discarding = None
-        if self._buffer:
+        if self._parts:
             newline = data.find(b"\n", start)
             if newline < 0:
-                self._append_partial(data[start:])
+                self._append_partial(data[start:] if start else data)
                 return lines
-            self._buffer += data[start:newline]
-            self._emit(bytes(self._buffer), lines)
-            self._buffer.clear()
+            self._parts.append(data[start:newline])
+            self._emit(b"".join(self._parts), lines)
+            self._parts.clear()
+            self._partial_size = 0
             start = newline + 1
         while True:
             newline = data.find(b"\n", start)
@@ -59,7 +63,7 @@ class LineSplitter:
             self._emit(data[start:newline], lines)
             start = newline + 1
         if start < len(data):
-            self._append_partial(data[start:])
+            self._append_partial(data[start:] if start else data)
         return lines
 
     def finish(self) -> list[bytes | Oversized]:
@@ -68,9 +72,10 @@ class LineSplitter:
         if self._discarding is not None:
             lines.append(self._discarding)
             self._discarding = None
-        elif self._buffer:
-            self._emit(bytes(self._buffer), lines)
-        self._buffer.clear()
+        elif self._parts:
+            self._emit(b"".join(self._parts), lines)
+        self._parts.clear()
+        self._partial_size = 0
         return lines
 
     def _emit(self, line: bytes, lines: list[bytes | Oversized]) -> None:
@@ -83,11 +88,13 @@ class LineSplitter:
             lines.append(line)
 
     def _append_partial(self, chunk: bytes) -> None:
-        self._buffer += chunk
-        if len(self._buffer) > self._max_bytes:
-            self._discarding = Oversized(len(self._buffer), bytes(self._buffer[:EDGE_BYTES]),
-                                         bytes(self._buffer[-EDGE_BYTES:]))
-            self._buffer.clear()
+        self._parts.append(chunk)
+        self._partial_size += len(chunk)
+        if self._partial_size > self._max_bytes:
+            joined = b"".join(self._parts)
+            self._discarding = Oversized(len(joined), joined[:EDGE_BYTES], joined[-EDGE_BYTES:])
+            self._parts.clear()
+            self._partial_size = 0
 
     def _continue_discard(self, data: bytes) -> int:
         """Drop the oversized line's bytes in `data`; return where the next line starts, or -1."""

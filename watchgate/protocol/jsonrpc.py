@@ -151,9 +151,16 @@ def find_id(head: bytes, tail: bytes) -> RequestId | None:
     return None
 
 
-def encode(message: Envelope) -> bytes:
-    """Encode one envelope as a newline-terminated line."""
-    return _encoder.encode(message) + b"\n"
+def encode(message: Envelope) -> bytearray:
+    """Encode one envelope as a newline-terminated line.
+
+    Encoding into a bytearray and appending the newline in place avoids a
+    second copy of a large payload.
+    """
+    line = bytearray()
+    _encoder.encode_into(message, line)
+    line += b"\n"
+    return line
 
 
 def request(request_id: RequestId, method: str, params: Raw | UnsetType = UNSET) -> bytes:
