@@ -43,8 +43,8 @@ def main(argv: list[str]) -> int:
     except OSError as error:
         logger.error("Cannot open the log file %s: %s", config.logging.file_path, error)
         return EXIT_USAGE
-    supervisor = Supervisor(config)
     try:
+        supervisor = Supervisor(config)
         supervisor.setup()
     except runtime.AlreadyRunning as error:
         logger.error("Watchgate service for %s is %s", config.service.runtime_dir, error)

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 # Upstream states (from the worker's heartbeat) that the server row shows instead of RUNNING.
 UPSTREAM_STATES = frozenset({"STARTING", "BACKOFF", "FATAL", "STOPPED"})
+# Upstream states whose reason explains a failure and so replaces the worker's last exit in status.
+UPSTREAM_FAILURE_STATES = frozenset({"BACKOFF", "FATAL"})
 
 
 def server_state(child: Child) -> str:
@@ -32,7 +34,7 @@ def server_status(child: Child, now: float) -> protocol.ServerStatus:
     report = child.report if child.alive else {}
     upstream_state = report.get("upstream_state")
     last_exit = child.last_exit
-    if upstream_state in UPSTREAM_STATES and report.get("upstream_reason"):
+    if upstream_state in UPSTREAM_FAILURE_STATES and report.get("upstream_reason"):
         last_exit = report["upstream_reason"]
     return protocol.ServerStatus(
         name=child.name,

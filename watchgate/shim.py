@@ -64,6 +64,8 @@ def connect_socket(path: str, timeout: float = PROBE_TIMEOUT) -> socket.socket |
     Other errors (permission denied, say, when the service belongs to another
     user) also return None, after a warning.
     """
+    if not _owned_by_us(os.path.dirname(path)):
+        return None
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     connection.settimeout(timeout)
     try:
@@ -77,6 +79,21 @@ def connect_socket(path: str, timeout: float = PROBE_TIMEOUT) -> socket.socket |
         return None
     connection.setblocking(False)
     return connection
+
+
+def _owned_by_us(directory: str) -> bool:
+    """Tell whether a runtime directory belongs to this user (or root), so a shim never relays to a stranger."""
+    try:
+        owner = os.stat(directory).st_uid
+    except FileNotFoundError:
+        return False
+    except OSError as error:
+        logger.warning("Cannot check the runtime directory %s: %s", directory, error)
+        return False
+    if owner in (os.geteuid(), 0):
+        return True
+    logger.warning("Runtime directory %s belongs to uid %d, not to this user; not connecting to it", directory, owner)
+    return False
 
 
 class Shim:

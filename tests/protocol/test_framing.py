@@ -58,3 +58,23 @@ def test_any_chunking_gives_same_lines(lines, chunk_size):
     chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
     expected = [line.rstrip(b"\r") for line in lines]
     assert read_all(chunks, 100) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(min_value=1, max_value=300), min_size=1, max_size=12),
+    st.integers(min_value=1, max_value=64),
+)
+def test_oversized_lines_any_chunking(sizes, chunk_size):
+    limit = 100
+    lines = [bytes([ord("a") + index % 26]) * size for index, size in enumerate(sizes)]
+    data = b"\n".join(lines) + b"\n"
+    chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
+    result = read_all(chunks, limit)
+    assert len(result) == len(lines)
+    for line, got in zip(lines, result):
+        if len(line) > limit:
+            assert isinstance(got, Oversized)
+            assert got.size == len(line)
+        else:
+            assert got == line

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 
 import pytest
 from helpers.waiting import wait_until
@@ -155,3 +157,21 @@ def test_replay_swallows_only_matching_id(fake_worker, response_id):
         assert ids == [0, 1]
     else:
         assert ids == [0, "0", 1]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving the folder to another user needs root")
+def test_connect_skips_folder_of_other_user(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    path = str(folder / "server.sock")
+    listener.bind(path)
+    listener.listen(1)
+    try:
+        connection = connect_socket(path)
+        assert connection is not None
+        connection.close()
+        os.chown(folder, 65534, 65534)
+        assert connect_socket(path) is None
+    finally:
+        listener.close()

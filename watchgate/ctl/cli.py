@@ -36,7 +36,8 @@ $XDG_RUNTIME_DIR/watchgate, or /tmp/watchgate-<uid>, the first that is set.
 
 commands:
   status [--json]     one row per server and one for the audit writer
-  restart NAME        restart one server's worker and upstream
+  restart NAME        restart one server: its upstream when the worker runs (sessions stay),
+                      else the worker; `restart writer` restarts the audit writer
   restart --all       restart every server
   reload              re-read the configuration (like SIGHUP)
   stop                stop the service

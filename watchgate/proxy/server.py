@@ -106,8 +106,9 @@ class Gateway:
         self._audit_bodies = _wants_bodies(self.auditing)
         self.max_message_bytes = max_message_bytes
         self.sessions: set[Session] = set()
-        self.state = UpstreamState.STOPPED
-        self.state_reason = ""
+        # STARTING until start() runs, so status never shows a new gateway as stopped.
+        self.state = UpstreamState.STARTING
+        self.state_reason = "starting"
         self.requests_total = 0
         self.blocked_total = 0
         self.restarts = 0
