@@ -51,6 +51,7 @@ INITIALIZE = "initialize"
 INITIALIZED = "notifications/initialized"
 LOST_REQUEST_MESSAGE = "Upstream or worker restarted; request lost"
 NEWLINE = b"\n"
+DRAIN_THRESHOLD_BYTES = 1024 * 1024  # unsent bytes above which a writer waits for its peer
 
 
 def socket_path_for(runtime_dir: str, server_name: str) -> str:
@@ -113,7 +114,7 @@ class Shim:
         self.reconnect_timeout = reconnect_timeout
         self.replay_timeout = replay_timeout
         self._client_lines = LineReader(client_reader, max_message_bytes)
-        self._client_writer = client_writer
+        self._client_writer = BatchingWriter(client_writer)
         self._worker_writer: asyncio.StreamWriter | None = None
         self._ready = asyncio.Event()  # set while client lines may go to the worker
         self._closing = asyncio.Event()  # set once the client is gone or a signal arrived
@@ -147,7 +148,8 @@ class Shim:
                 streams = await self._reconnect()
                 if streams is None:
                     return EXIT_OK if self._closing.is_set() else EXIT_FAILURE
-            reader, self._worker_writer = streams
+            reader, worker_writer = streams
+            self._worker_writer = BatchingWriter(worker_writer)
             worker_task = asyncio.create_task(self._pump_worker(reader), name="shim-worker")
             closing_task = asyncio.create_task(self._closing.wait())
             try:
@@ -235,7 +237,8 @@ class Shim:
         writer = self._worker_writer
         assert writer is not None
         try:
-            writer.write(line + NEWLINE)
+            writer.write(line)
+            writer.write(NEWLINE)
             await writer.drain()
         except (ConnectionError, OSError) as error:
             logger.debug("Writing to the worker failed: %s", error)
@@ -277,7 +280,7 @@ class Shim:
                 continue
             if (self._in_flight or self._replay_id is not None) and self._settle_response(line):
                 continue
-            if not await self._send_to_client(line + NEWLINE):
+            if not await self._send_to_client(line, NEWLINE):
                 return
 
     def _track_request(self, line: bytes) -> None:
@@ -342,10 +345,11 @@ class Shim:
             message = f"Response too large: {line.size} bytes exceeds the limit of {self.max_message_bytes} bytes"
             self._write_client(jsonrpc.error_response(request_id, ErrorCode.MESSAGE_TOO_LARGE, message))
 
-    async def _send_to_client(self, data: bytes) -> bool:
+    async def _send_to_client(self, *parts: bytes) -> bool:
         """Write to stdout. A failed write means the client is gone, so the shim closes."""
-        if not self._write_client(data):
-            return False
+        for data in parts:
+            if not self._write_client(data):
+                return False
         try:
             await self._client_writer.drain()
         except (ConnectionError, OSError) as error:
@@ -390,6 +394,50 @@ async def run_shim(
         return await shim.run(connection)
     finally:
         writer.close()
+
+
+class BatchingWriter:
+    """Wrap a StreamWriter so the lines written in one loop iteration leave in one system call.
+
+    drain() waits only while the transport holds more than DRAIN_THRESHOLD_BYTES, so
+    relaying a line costs no await in the common case.
+    """
+
+    def __init__(self, writer):
+        self._writer = writer
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._pending.append(data)
+
+    def flush(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        transport = getattr(self._writer, "transport", None)
+        if transport is not None and transport.is_closing():
+            return  # the reader of this connection sees the close and the shim reconnects or exits
+        try:
+            self._writer.write(data)
+        except (ConnectionError, OSError) as error:
+            logger.debug("Write failed: %s", error)
+
+    async def drain(self) -> None:
+        transport = getattr(self._writer, "transport", None)
+        if transport is None or transport.get_write_buffer_size() > DRAIN_THRESHOLD_BYTES:
+            self.flush()
+            await self._writer.drain()
+
+    def close(self) -> None:
+        self.flush()
+        self._writer.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._writer, name)
 
 
 class _FileWriter:
