@@ -399,7 +399,7 @@ async def run_shim(
 class BatchingWriter:
     """Wrap a StreamWriter so the lines written in one loop iteration leave in one system call.
 
-    drain() waits only while the transport holds more than DRAIN_THRESHOLD_BYTES, so
+    drain() waits only while the transport buffers more than DRAIN_THRESHOLD_BYTES, so
     relaying a line costs no await in the common case.
     """
 
