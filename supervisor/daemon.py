@@ -139,7 +139,7 @@ class Supervisor:
     # -------------------------------------------------------------- main loop
 
     def run(self) -> int:
-        logger.info("Watchgate service (pid %d) starting %d workers; runtime directory %s", os.getpid(),
+        logger.info("Watchgate service (pid %d) starting workers: %d; runtime directory %s", os.getpid(),
                     len(self.workers), self.runtime_dir)
         self._spawn(self.writer, "service start")
         for child in self.workers.values():
@@ -665,7 +665,7 @@ class Supervisor:
                 child.state is ProcessState.STARTING for child in self._all_children()):
             self.ready_sent = True
             sdnotify.notify("READY=1")
-            logger.info("Watchgate service ready: %d workers and the audit writer started", len(self.workers))
+            logger.info("Watchgate service ready: workers: %d, audit writer started", len(self.workers))
         line = status_line(self)
         if line != self.last_status_line:
             self.last_status_line = line

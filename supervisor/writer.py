@@ -97,7 +97,7 @@ class AuditWriter:
         for name, fd in self.fds.pipes.items():
             self._selector.register(fd, selectors.EVENT_READ, name)
         self._reading = True
-        logger.info("Audit writer (pid %d) reading %d pipes", os.getpid(), len(self.fds.pipes))
+        logger.info("Audit writer (pid %d) reading audit pipes: %d", os.getpid(), len(self.fds.pipes))
         interval = self.config.service.heartbeat_interval
         next_report = 0.0
         while self._stop_reason is None:

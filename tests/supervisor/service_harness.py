@@ -172,11 +172,14 @@ def server_row(status: dict[str, Any], name: str) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def running_service(config_path: Path, runtime_dir: Path, env: dict[str, str],
-                          stderr_path: Path) -> AsyncIterator[Service]:
-    """Start the service and wait until it runs; stop it (or kill it after a failure) at the end."""
+                          stderr_path: Path, wait_for: list[str] | None = None) -> AsyncIterator[Service]:
+    """Start the service and wait until it runs; stop it (or kill it after a failure) at the end.
+
+    `wait_for` names the servers that must be RUNNING first (default: all of them).
+    """
     service = await Service.start(config_path, runtime_dir, env, stderr_path)
     try:
-        await service.wait_running()
+        await service.wait_running(wait_for)
         yield service
     except BaseException:
         await service.abort()

@@ -120,7 +120,8 @@ async def test_crash_looping_upstream_reaches_fatal(tmp_path: Path, runtime_dir:
                  _upstream(tmp_path, gateway_env, "--mode", "exit-at-start", "--exit-message", "config file missing",
                            name="broken")]
     config = write_service_config(service_config(runtime_dir, upstreams, audit_path))
-    async with running_service(config, runtime_dir, gateway_env, stderr_path) as service:
+    # "broken" is RUNNING only for moments between its crashes, so only "alpha" is waited for.
+    async with running_service(config, runtime_dir, gateway_env, stderr_path, wait_for=["alpha"]) as service:
         status = await service.wait_status(lambda status: server_row(status, "broken")["state"] == "FATAL",
                                            "the crash-looping server to reach FATAL")
         row = server_row(status, "broken")

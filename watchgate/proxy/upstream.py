@@ -7,6 +7,7 @@ import collections
 import errno
 import logging
 import os
+import re
 import signal
 import subprocess
 import time
@@ -39,17 +40,25 @@ STDERR_MAX_LINE = 64 * 1024  # longer stderr lines are summarised, never buffere
 STDERR_LOG_CHARS = 1000
 GROUP_EXIT_POLL = 0.05  # seconds between checks that a process group is gone
 STRAGGLER_TIMEOUT = 1.0  # seconds for group members left after the leader exited
+_ERROR_WORDS = re.compile(
+    r"error|exception|fatal|denied|not found|no such|cannot|can't|failed|invalid|inaccessible|not accessible",
+    re.IGNORECASE,
+)
+# Set in an upstream's environment unless Watchgate's own environment or the server's `env` sets it:
+# npx would otherwise contact the registry for an update check on every start.
+DEFAULT_UPSTREAM_VARIABLES = {"npm_config_update_notifier": "false"}
 STDOUT_DRAIN_TIMEOUT = 0.5  # seconds to read what an exited upstream left in its stdout pipe
 
 
 def upstream_environment(server: ServerConfig, base: dict[str, str] | None = None) -> dict[str, str]:
     """Build an upstream's environment: the inherited allowlist plus the server's `env`."""
     source = os.environ if base is None else base
-    env = {
-        name: value
+    env = dict(DEFAULT_UPSTREAM_VARIABLES)
+    env.update(
+        (name, value)
         for name, value in source.items()
         if name in INHERITED_VARIABLES or name.startswith(INHERITED_PREFIXES)
-    }
+    )
     env.update(server.env)
     return env
 
@@ -204,6 +213,14 @@ class UpstreamProcess:
         return self._transport.get_returncode()
 
     def last_stderr(self) -> str:
+        """Return the most telling recent stderr line: the last that reads like an error, else the last one.
+
+        Launchers print notices after the server's own error (npm's update notice
+        follows "Error: ..."), so the plain last line often hides the cause.
+        """
+        for line in reversed(self.stderr_tail):
+            if _ERROR_WORDS.search(line):
+                return line
         return self.stderr_tail[-1] if self.stderr_tail else ""
 
     async def stop(self) -> None:
