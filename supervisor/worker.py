@@ -222,7 +222,7 @@ class Worker:
         """Replace plugins and per-request settings; the upstream and the sessions keep running."""
         self.config = config
         self.server_config = config.server(self.name)
-        self.gateway.server = self.server_config
+        self.gateway.update_server(self.server_config)
         self.gateway.max_message_bytes = config.max_message_bytes
         self.audit.set_entries(audit_entries(config, self.name))
         self.gateway.set_plugins(load_security_plugins(config, self.name), [self.audit] if self.audit.entries else [])

@@ -152,6 +152,12 @@ class Gateway:
         self._audit_bodies = _wants_bodies(self.auditing)
         return previous
 
+    def update_server(self, server: ServerConfig) -> None:
+        """Apply reloaded timeouts and restart settings; a changed command needs a new gateway instead."""
+        if server.restart != self.server.restart:
+            self._restart_policy = RestartPolicy(server.restart)
+        self.server = server
+
     async def restart_upstream(self, reason: str = "restart requested") -> None:
         """Restart the upstream on command: not counted as a crash, and clears FATAL."""
         self._restart_policy.reset()
