@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from watchgate import logsetup
-from watchgate.config import ConfigError, load_config
+from watchgate.cli import load_logged_config
 
 logger = logging.getLogger("watchgate.supervisor")
 
@@ -32,16 +31,8 @@ def main(argv: list[str]) -> int:
     from watchgate.supervisor.daemon import Supervisor
 
     options = _parser().parse_args(argv)
-    logsetup.setup_early(options.verbose)
-    try:
-        config = load_config(options.config)
-    except ConfigError as error:
-        logger.error("Invalid configuration: %s", error)
-        return EXIT_USAGE
-    try:
-        logsetup.apply_config(config.logging, options.verbose)
-    except OSError as error:
-        logger.error("Cannot open the log file %s: %s", config.logging.file_path, error)
+    config = load_logged_config(options.config, options.verbose)
+    if config is None:
         return EXIT_USAGE
     try:
         supervisor = Supervisor(config)

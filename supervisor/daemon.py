@@ -24,6 +24,7 @@ import psutil
 from watchgate.config import ConfigError, load_config
 from watchgate.config.model import Config, RestartPolicyConfig
 from watchgate.ctl import protocol
+from watchgate.proxy.upstream import group_alive, signal_group
 from watchgate.supervisor import channels, runtime, sdnotify
 from watchgate.supervisor.control import ControlServer
 from watchgate.supervisor.process import Child, ProcessState, Role, transition
@@ -415,7 +416,7 @@ class Supervisor:
         """Stop the upstream process groups a dead worker left behind."""
         groups = set()
         upstream_pid = worker.report.get("upstream_pid")
-        if isinstance(upstream_pid, int) and _group_alive(upstream_pid):
+        if isinstance(upstream_pid, int) and group_alive(upstream_pid):
             groups.add(upstream_pid)
         known = {child.pid for child in self._all_children() if child.pid is not None}
         try:
@@ -430,17 +431,17 @@ class Supervisor:
         groups.discard(os.getpgid(0))
         for group in groups:
             logger.warning("Stopping process group %d left behind by worker %s", group, worker.name)
-            _signal_group(group, signal.SIGTERM)
+            signal_group(group, signal.SIGTERM)
             self.orphans[group] = time.monotonic() + ORPHAN_KILL_TIMEOUT
 
     def _kill_due_orphans(self, now: float) -> None:
         for group, deadline in list(self.orphans.items()):
-            if not _group_alive(group):
+            if not group_alive(group):
                 del self.orphans[group]
             elif now >= deadline or self.phase is ShutdownPhase.DONE:
                 logger.warning("Process group %d still running %.0f s after SIGTERM; sending SIGKILL", group,
                                ORPHAN_KILL_TIMEOUT)
-                _signal_group(group, signal.SIGKILL)
+                signal_group(group, signal.SIGKILL)
                 del self.orphans[group]
 
     # ---------------------------------------------------------- commanded stops
@@ -513,19 +514,19 @@ class Supervisor:
             if child.alive:
                 upstream_pid = child.report.get("upstream_pid")
                 if isinstance(upstream_pid, int):
-                    _signal_group(upstream_pid, signal.SIGKILL)
+                    signal_group(upstream_pid, signal.SIGKILL)
                 _signal_pid(child.pid, signal.SIGKILL)
         deadline = time.monotonic() + FORCED_EXIT_TIMEOUT
         while any(child.alive for child in self._all_children()) and time.monotonic() < deadline:
             self._reap()
             time.sleep(TICK_INTERVAL / 10)
         for group in list(self.orphans):
-            _signal_group(group, signal.SIGKILL)
+            signal_group(group, signal.SIGKILL)
         self.phase = ShutdownPhase.DONE
 
     def _cleanup(self) -> None:
         for group in list(self.orphans):
-            _signal_group(group, signal.SIGKILL)
+            signal_group(group, signal.SIGKILL)
         for name in list(self.listeners):
             self._close_server_resources(name)
         if self.control is not None:
@@ -705,23 +706,6 @@ def _signal_pid(pid: int | None, signum: signal.Signals) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
-
-
-def _signal_group(pgid: int, signum: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _become_subreaper() -> None:

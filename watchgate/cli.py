@@ -6,8 +6,12 @@ import argparse
 import asyncio
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from watchgate import __version__
+
+if TYPE_CHECKING:
+    from watchgate.config.model import Config
 
 logger = logging.getLogger("watchgate.main")
 
@@ -90,20 +94,8 @@ def _check(options: argparse.Namespace) -> int:
 
 
 def _run(options: argparse.Namespace) -> int:
-    from watchgate import logsetup
-    from watchgate.config import ConfigError, load_config
-
-    logsetup.setup_early(options.verbose)
-    logger.info("Loading configuration from %s", options.config)
-    try:
-        config = load_config(options.config)
-    except ConfigError as error:
-        logger.error("Invalid configuration: %s", error)
-        return EXIT_USAGE
-    try:
-        logsetup.apply_config(config.logging, options.verbose)
-    except OSError as error:
-        logger.error("Cannot open the log file %s: %s", config.logging.file_path, error)
+    config = load_logged_config(options.config, options.verbose)
+    if config is None:
         return EXIT_USAGE
     server = _select_server(config, options.server)
     if server is None:
@@ -126,6 +118,26 @@ def _run(options: argparse.Namespace) -> int:
     from watchgate.main import run_standalone
 
     return run_event_loop(run_standalone(config, server))
+
+
+def load_logged_config(path: str, verbose: bool) -> Config | None:
+    """Load the configuration and switch logging to its settings; log why and return None on failure."""
+    from watchgate import logsetup
+    from watchgate.config import ConfigError, load_config
+
+    logsetup.setup_early(verbose)
+    logger.info("Loading configuration from %s", path)
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        logger.error("Invalid configuration: %s", error)
+        return None
+    try:
+        logsetup.apply_config(config.logging, verbose)
+    except OSError as error:
+        logger.error("Cannot open the log file %s: %s", config.logging.file_path, error)
+        return None
+    return config
 
 
 def _select_server(config, name: str | None):

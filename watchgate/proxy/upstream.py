@@ -234,10 +234,10 @@ class UpstreamProcess:
                 self._stdin.close()
             if not await self._wait_exit(self.server.shutdown_grace):
                 logger.info("Upstream %s (pid %d) still running after stdin closed; sending SIGTERM", self.server.name, pgid)
-                _signal_group(pgid, signal.SIGTERM)
+                signal_group(pgid, signal.SIGTERM)
                 if not await self._wait_exit(self.server.terminate_timeout):
                     logger.warning("Upstream %s (pid %d) ignored SIGTERM; sending SIGKILL", self.server.name, pgid)
-                    _signal_group(pgid, signal.SIGKILL)
+                    signal_group(pgid, signal.SIGKILL)
                     await self._wait_exit(self.server.terminate_timeout)
         await self._stop_stragglers(pgid)
         self._transport.close()
@@ -252,19 +252,19 @@ class UpstreamProcess:
     async def _stop_stragglers(self, pgid: int) -> None:
         """End group members (e.g. what npx started) that outlived the leader."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            if not _group_alive(pgid):
+            if not group_alive(pgid):
                 return
-            _signal_group(pgid, sig)
+            signal_group(pgid, sig)
             deadline = time.monotonic() + STRAGGLER_TIMEOUT
-            while _group_alive(pgid) and time.monotonic() < deadline:
+            while group_alive(pgid) and time.monotonic() < deadline:
                 await asyncio.sleep(GROUP_EXIT_POLL)
-        if _group_alive(pgid):
+        if group_alive(pgid):
             logger.warning("Process group %d of upstream %s did not exit after SIGKILL", pgid, self.server.name)
 
     def kill_group_now(self) -> None:
         """Send SIGKILL to the group at once, for exits that cannot wait."""
         if self._transport is not None:
-            _signal_group(self._transport.get_pid(), signal.SIGKILL)
+            signal_group(self._transport.get_pid(), signal.SIGKILL)
 
     def stderr_line(self, line: bytes | Oversized) -> None:
         if isinstance(line, Oversized):
@@ -289,14 +289,14 @@ class UpstreamProcess:
             self._stderr_suppressed += 1
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
+def signal_group(pgid: int, sig: signal.Signals) -> None:
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
     """Tell whether any process of the group still runs (zombies waiting to be reaped do not count)."""
     try:
         os.killpg(pgid, 0)
