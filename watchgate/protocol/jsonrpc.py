@@ -19,7 +19,7 @@ EDGE_BYTES = 4096
 
 
 class Envelope(msgspec.Struct, omit_defaults=True):
-    """Any JSON-RPC message; which fields are set tells its kind."""
+    """Any JSON-RPC message; the fields that are set determine its kind."""
 
     jsonrpc: str | UnsetType = UNSET
     id: int | str | None | UnsetType = UNSET

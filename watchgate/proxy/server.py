@@ -646,7 +646,7 @@ class Gateway:
     def _client_response(self, session: Session, message: Envelope) -> None:
         server_request = self._server_requests.pop(message.id, None) if isinstance(message.id, int) else None
         if server_request is None or server_request.session is not session:
-            logger.info("Session %s answered unknown request id %r; dropped", session.id, message.id)
+            logger.info("Session %s responded to unknown request id %r; dropped", session.id, message.id)
             return
         status = "error" if message.error is not UNSET else "success"
         self._audit(EventType.RESPONSE, session, method=server_request.method, status=status,
@@ -700,7 +700,7 @@ class Gateway:
             self._upstream.resume_reading()
 
     def _pause_sessions(self) -> None:
-        """The upstream's stdin is full: stop reading client input until it drains."""
+        """Stop reading client input while the upstream's stdin is full."""
         self._upstream_paused_writing = True
         for session in self.sessions:
             session.pause_reading()
@@ -725,7 +725,7 @@ class Gateway:
         gateway_id = message.id
         pending = self._pending.pop(gateway_id, None) if isinstance(gateway_id, int) else None
         if pending is None:
-            logger.debug("Upstream %s answered id %r, which is no longer pending", self.server.name, gateway_id)
+            logger.debug("Upstream %s responded to id %r, which is no longer pending", self.server.name, gateway_id)
             return None
         if pending.future is not None:
             if message.error is not UNSET:
@@ -858,7 +858,7 @@ class Gateway:
     def _upstream_request(self, message: Envelope) -> Session | None:
         session = self._pick_session_for(message.method)
         if session is None:
-            logger.info("No client session can take %s from %s; answering with an error", message.method, self.server.name)
+            logger.info("No client session can take %s from %s; responding with an error", message.method, self.server.name)
             self._write_upstream(jsonrpc.error_response(message.id, ErrorCode.METHOD_NOT_FOUND,
                                                         f"No connected client supports {message.method}"))
             return None
@@ -889,7 +889,7 @@ class Gateway:
     # ------------------------------------------------------------ subscriptions
 
     def _subscribe_locally(self, session: Session, message: Envelope) -> bool:
-        """Count a subscription; answer at once when another session already holds it upstream."""
+        """Count a subscription, responding at once when another session has already subscribed upstream."""
         uri = _uri_of(message.params)
         if uri is None:
             return False
@@ -988,7 +988,7 @@ class Gateway:
                 del self._pending[gateway_id]
                 limit = pending.deadline - pending.started
                 if pending.method == "initialize":
-                    message = (f"Upstream server '{self.server.name}' did not answer initialize within {limit:g} s "
+                    message = (f"Upstream server '{self.server.name}' did not respond to initialize within {limit:g} s "
                                f"(command: {command_line(self.server)})")
                 else:
                     message = f"Request timed out: no response from '{self.server.name}' within {limit:g} s"
