@@ -110,6 +110,7 @@ class Supervisor:
         self.audit_pipes[name] = runtime.create_audit_pipe()
 
     def _close_server_resources(self, name: str) -> None:
+        self._accept_again(name)
         listener = self.listeners.pop(name, None)
         if listener is not None:
             runtime.close_listener(listener, self.socket_path(name))
@@ -195,7 +196,39 @@ class Supervisor:
     def _all_children(self) -> list[Child]:
         return [*self.workers.values(), self.writer]
 
+    def _refuse_connections(self, name: str) -> None:
+        """Close connections to a FATAL worker's socket at once, so clients fail instead of waiting forever.
+
+        The supervisor keeps the socket (a restart command brings the worker
+        back on it), so without this, connections would queue unanswered.
+        """
+        listener = self.listeners.get(name)
+        if listener is None or listener.fileno() in self.selector.get_map():
+            return
+        listener.setblocking(False)
+        self.selector.register(listener, selectors.EVENT_READ, lambda mask: self._refuse_one(name, listener))
+
+    def _refuse_one(self, name: str, listener: socket.socket) -> None:
+        try:
+            connection, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:
+            logger.warning("Accepting on the socket of FATAL server %s failed: %s", name, error)
+            return
+        connection.close()
+        logger.info("Closed a connection to %s: its worker is FATAL (run `watchgatectl restart %s`)", name, name)
+
+    def _accept_again(self, name: str) -> None:
+        """Hand a socket back to its worker: the supervisor stops refusing its connections."""
+        listener = self.listeners.get(name)
+        if listener is not None and listener.fileno() in self.selector.get_map():
+            self.selector.unregister(listener)
+            listener.setblocking(True)
+
     def _spawn(self, child: Child, reason: str) -> None:
+        if child.role is Role.WORKER:
+            self._accept_again(child.name)
         try:
             heartbeat_read, heartbeat_write = os.pipe()
             control_read, control_write = os.pipe()
@@ -376,6 +409,8 @@ class Supervisor:
                                                   f"{limits.restart_window:g} s: {reason}")
             if child.role is Role.WRITER:
                 self._update_audit_health()
+            else:
+                self._refuse_connections(child.name)
             return
         child.backoff_until = time.monotonic() + delay
         transition(child, ProcessState.BACKOFF, f"restarting in {delay:.1f} s")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from pathlib import Path
@@ -168,6 +169,10 @@ async def test_worker_crash_loop_reaches_fatal(tmp_path: Path, runtime_dir: Path
                                            "the worker given up")
         assert "SIGKILL" in server_row(status, "alpha")["last_exit"]
         assert server_row(status, "alpha")["worker_pid"] is None
+        # A client of the given-up worker is disconnected at once rather than left waiting.
+        reader, writer = await asyncio.open_unix_connection(service.socket_path("alpha"))
+        assert await asyncio.wait_for(reader.read(), CALL_TIMEOUT) == b""
+        writer.close()
         await service.call("restart", {"name": "alpha"})
         await service.wait_running(["alpha"])
         assert await _echo(service.socket_path("alpha"), "revived") == "revived"
