@@ -117,3 +117,46 @@ async def test_asyncio_fallback_without_uvloop(tmp_path, test_id, config_file, g
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def call_until(gateway, predicate, timeout: float, description: str) -> dict:
+    """Call echo until a response satisfies `predicate`; fail after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        response = await gateway.call_tool("echo", {"text": "probe"})
+        if predicate(response):
+            return response
+        if asyncio.get_running_loop().time() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {description}; last response {response}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="/dev/full is needed to simulate a full disk")
+@pytest.mark.parametrize("critical", [True, False])
+async def test_unwritable_audit_file(tmp_path, test_id, config_file, gateway_env, critical):
+    log = tmp_path / "logs" / "audit.log"
+    log.parent.mkdir()
+    log.symlink_to("/dev/full")  # every write fails with ENOSPC, as on a full disk
+    config = fault_server_config(tmp_path, test_id)
+    config["plugins"]["auditing"] = [audit_entry(log, "json", critical=critical)]
+    stderr_path = tmp_path / "gateway.stderr"
+
+    with anyio.fail_after(TEST_DEADLINE):
+        async with running_gateway(config_file(config), gateway_env, tmp_path, stderr_path) as gateway:
+            await gateway.initialize()
+            if critical:
+                rejected = await call_until(gateway, lambda r: "error" in r, RESPONSE_TIMEOUT,
+                                            "requests to be rejected while the critical audit file is full")
+                assert rejected["error"]["code"] == -32006
+            else:
+                for _ in range(5):
+                    response = await gateway.call_tool("echo", {"text": "still served"})
+                    assert response["result"]["content"][0]["text"] == "still served"
+            log.unlink()
+            log.touch()  # space is free again
+            await call_until(gateway, lambda r: "result" in r, RESPONSE_TIMEOUT, "requests to pass again")
+
+    assert "No space left on device" in stderr_path.read_text()
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    gaps = [event for event in events if event["event_type"] == "AUDIT_GAP"]
+    assert gaps, "no AUDIT_GAP record after writing resumed"
