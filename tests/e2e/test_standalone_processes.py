@@ -1,4 +1,4 @@
-"""Standalone processes side by side: one shared audit file, and the asyncio fallback without uvloop."""
+"""Standalone gateway processes: a shared audit file, an unwritable one, and the asyncio fallback."""
 
 from __future__ import annotations
 
