@@ -21,6 +21,8 @@ from typing import Any
 import msgspec
 import psutil
 
+from watchgate.audit.events import AuditEvent, utc_timestamp
+from watchgate.audit.pipe import SEQUENCE_MARK, encode_frame
 from watchgate.config import ConfigError, load_config
 from watchgate.config.model import Config, RestartPolicyConfig
 from watchgate.ctl import protocol
@@ -389,6 +391,7 @@ class Supervisor:
         child.last_exit = reason
         if child.role is Role.WORKER:
             self._collect_orphans(child)
+            self._mark_audit_sequence(child)
         if child.stop_command is not None:
             transition(child, ProcessState.STOPPED, f"{child.stop_command}; {reason}")
             child.pid = None
@@ -414,6 +417,27 @@ class Supervisor:
             return
         child.backoff_until = time.monotonic() + delay
         transition(child, ProcessState.BACKOFF, f"restarting in {delay:.1f} s")
+
+    def _mark_audit_sequence(self, child: Child) -> None:
+        """Tell the writer the last audit sequence number an exited worker reported.
+
+        A worker killed with frames still in its own buffer never delivers them,
+        and its successor numbers from 1 again; this mark lets the writer see
+        that gap (up to the last heartbeat's figure) and record it.
+        """
+        last_sent = child.report.get("audit_sent")
+        pipe = self.audit_pipes.get(child.name)
+        if not isinstance(last_sent, int) or last_sent <= 0 or pipe is None:
+            return
+        mark = AuditEvent(timestamp=utc_timestamp(), event_type=SEQUENCE_MARK, worker=child.name, seq=last_sent)
+        write_end = pipe[1]
+        os.set_blocking(write_end, False)
+        try:
+            os.write(write_end, encode_frame(mark))
+        except BlockingIOError:
+            logger.warning("Audit pipe of %s is full; audit events it lost at exit may go unreported", child.name)
+        except OSError as error:
+            logger.warning("Cannot write the sequence mark of %s to its audit pipe: %s", child.name, error)
 
     def _close_child_pipes(self, child: Child) -> None:
         if child.heartbeat_fd is not None:

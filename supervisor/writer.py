@@ -28,7 +28,7 @@ from typing import Any
 
 from watchgate.audit.emitter import AuditChannel, AuditEmitter
 from watchgate.audit.events import AuditEvent, EventType, utc_timestamp
-from watchgate.audit.pipe import FrameDecoder
+from watchgate.audit.pipe import SEQUENCE_MARK, FrameDecoder
 from watchgate.config.model import Config
 from watchgate.plugins.file_auditing import FileAuditingPlugin
 from watchgate.supervisor import channels
@@ -190,10 +190,15 @@ class AuditWriter:
     # ---------------------------------------------------------------- events
 
     def _write_batch(self, batch: list[tuple[str, AuditEvent]]) -> None:
+        routed = 0
         for name, event in batch:
+            if event.event_type == SEQUENCE_MARK:
+                self._check_mark(name, event)
+                continue
             self._check_sequence(name, event)
             self._route(name, event)
-        self.submitted += len(batch)
+            routed += 1
+        self.submitted += routed
         if not self.emitter.flush(BATCH_FLUSH_TIMEOUT):
             logger.warning("Audit writer: a batch of %d events took more than %.1f s to write", len(batch),
                            BATCH_FLUSH_TIMEOUT)
@@ -223,6 +228,13 @@ class AuditWriter:
         elif seq < expected and seq != 1:
             logger.warning("Audit writer: worker %s sent sequence %d after %d", name, seq, expected - 1)
         self.last_seq[name] = seq
+
+    def _check_mark(self, name: str, mark: AuditEvent) -> None:
+        """Record the events an exited worker numbered but never delivered, as far as its mark shows."""
+        expected = self.last_seq.get(name, 0) + 1
+        if mark.seq is not None and mark.seq >= expected:
+            self._record_gap(name, expected, mark.seq)
+            self.last_seq[name] = mark.seq
 
     def _record_gap(self, name: str, first: int, last: int) -> None:
         self.gaps += 1

@@ -50,6 +50,17 @@ def test_decoder_resynchronises_after_partial_frame(cut: int) -> None:
     assert decoder.skipped_bytes == len(first) - cut
 
 
+@pytest.mark.parametrize("kept", [5, 40, 2000])
+def test_decoder_skips_frame_cut_off_at_end(kept: int) -> None:
+    """A writer killed mid-frame leaves the frame's start; the next frames must not wait behind it."""
+    cut_off = encode_frame(_event(1, "y" * 5000))[:kept]
+    decoder = FrameDecoder()
+    events = decoder.feed(cut_off + encode_frame(_event(2)) + encode_frame(_event(3)))
+    assert [event.seq for event in events] == [2, 3]
+    assert decoder.skipped_bytes == kept
+    assert decoder.pending_bytes == 0
+
+
 def test_large_frames_arrive_whole() -> None:
     """Each writer owns its pipe, so a frame far above PIPE_BUF arrives whole."""
     big = "x" * 300_000

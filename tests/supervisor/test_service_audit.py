@@ -134,3 +134,39 @@ async def test_stalled_writer_pauses_clients_without_loss(tmp_path, runtime_dir,
     responses = [event for event in events if event["event_type"] == "RESPONSE" and event.get("method") == "tools/call"]
     assert len(responses) == BIG_CALLS
     assert all(len(event["result"]["content"][0]["text"]) == BIG_BODY_CHARS for event in responses)
+
+
+async def test_killed_worker_loss_recorded_as_gap(tmp_path, runtime_dir, gateway_env, stderr_path,
+                                                  write_service_config, audit_path) -> None:
+    data = service_config(runtime_dir, [fault_upstream(tmp_path, gateway_env["WATCHGATE_TEST_ID"], "alpha")],
+                          audit_path, heartbeat_timeout=60.0)
+    data["plugins"]["auditing"] = [audit_entry(audit_path, include_bodies=True, max_body_bytes=2 * BIG_BODY_CHARS)]
+    config = write_service_config(data)
+    async with running_service(config, runtime_dir, gateway_env, stderr_path) as service:
+        status = await service.status()
+        writer_pid = status["writer"]["pid"]
+        worker_pid = status["servers"][0]["worker_pid"]
+        connection = await _connect(service.socket_path("alpha"))
+        assert "result" in await connection.request(INITIALIZE)
+        os.kill(writer_pid, signal.SIGSTOP)
+        try:
+            for index in range(2, BIG_CALLS + 2):
+                connection.send({"jsonrpc": "2.0", "id": index, "method": "tools/call",
+                                 "params": {"name": "big", "arguments": {"size": BIG_BODY_CHARS}}})
+            # The pipe takes about ten of these events; later ones wait in the worker's own buffer.
+            counted = await service.wait_status(lambda status: status["servers"][0]["requests"] >= 15,
+                                                "calls whose audit events overflow the pipe")
+            # One more heartbeat, so the supervisor's figure of sent events covers the buffered ones.
+            await service.wait_status(lambda status: status["servers"][0]["requests"] >= counted["servers"][0]["requests"]
+                                      and status["service"]["uptime"] > counted["service"]["uptime"] + 0.5,
+                                      "a later heartbeat")
+            os.kill(worker_pid, signal.SIGKILL)
+        finally:
+            os.kill(writer_pid, signal.SIGCONT)
+        connection.writer.close()
+        await service.wait_status(lambda status: status["servers"][0]["worker_pid"] not in (None, worker_pid)
+                                  and status["servers"][0]["state"] == "RUNNING", "a new worker")
+    gaps = [event for event in read_json_events(audit_path) if event["event_type"] == "AUDIT_GAP"]
+    assert gaps, "the events lost with the killed worker were not recorded as a gap"
+    assert gaps[0]["worker"] == "alpha"
+    assert gaps[0]["plugin_metadata"]["lost_events"] > 0

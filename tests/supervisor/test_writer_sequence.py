@@ -7,6 +7,7 @@ from pathlib import Path
 
 from helpers.audit_log import read_json_events
 from watchgate.audit.events import AuditEvent
+from watchgate.audit.pipe import SEQUENCE_MARK
 from watchgate.config.model import (Config, FileAuditingConfig, PluginEntry, ServerConfig, ServiceConfig)
 from watchgate.supervisor.writer import AuditWriter, WriterFds
 
@@ -64,3 +65,28 @@ def test_new_writer_continues_from_last_written(tmp_path: Path) -> None:
     assert len(gaps) == 1
     assert gaps[0]["plugin_metadata"]["first_missing"] == 8
     assert gaps[0]["plugin_metadata"]["last_missing"] == 9
+
+
+def _mark(seq: int) -> tuple[str, AuditEvent]:
+    return ("alpha", AuditEvent(timestamp="2026-01-01T00:00:00.000Z", event_type=SEQUENCE_MARK, worker="alpha",
+                                seq=seq))
+
+
+def test_exit_mark_reveals_undelivered_events(tmp_path: Path) -> None:
+    audit_path = tmp_path / "audit.log"
+    writer = _writer(audit_path)
+    writer._write_batch(_events(1, 2, 3) + [_mark(6)] + _events(1, 2))
+    assert writer.emitter.close(CLOSE_TIMEOUT)
+    events = read_json_events(audit_path)
+    assert [event["event_type"] for event in events] == ["REQUEST"] * 3 + ["AUDIT_GAP"] + ["REQUEST"] * 2
+    assert events[3]["plugin_metadata"] == {"first_missing": 4, "last_missing": 6, "lost_events": 3}
+    assert writer.events_written == 5
+
+
+def test_exit_mark_of_complete_worker_is_silent(tmp_path: Path) -> None:
+    audit_path = tmp_path / "audit.log"
+    writer = _writer(audit_path)
+    writer._write_batch(_events(1, 2, 3) + [_mark(2), _mark(3)] + _events(1))
+    assert writer.emitter.close(CLOSE_TIMEOUT)
+    assert [event["event_type"] for event in read_json_events(audit_path)] == ["REQUEST"] * 4
+    assert writer.gaps == 0

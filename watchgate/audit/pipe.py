@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import struct
 from collections.abc import Iterable
 
@@ -34,8 +35,12 @@ PAYLOAD_PREFIX = b'{"timestamp":'
 # writer catches up; below LOW the worker resumes.
 PIPE_HIGH_WATER_BYTES = 1024 * 1024
 PIPE_LOW_WATER_BYTES = 256 * 1024
+# Event type of a frame the supervisor adds after a worker exits, carrying the last sequence
+# number that worker reported. The writer only checks sequences with it; it is never written.
+SEQUENCE_MARK = "SEQUENCE_MARK"
 FLUSH_POLL_INTERVAL = 0.01  # seconds between checks of the transport buffer while flushing at exit
 
+_HEADER_START = re.compile(rb"[\x00-\x1f]")
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(AuditEvent)
 
@@ -55,6 +60,7 @@ class FrameDecoder:
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        self._scanned = 0  # bytes of an unfinished frame already searched for a header byte
         self.skipped_bytes = 0
 
     @property
@@ -72,6 +78,8 @@ class FrameDecoder:
                 continue
             end = FRAME_HEADER.size + length
             if len(self._buffer) < end:
+                if self._cut_short():
+                    continue
                 break
             payload = bytes(self._buffer[FRAME_HEADER.size:end])
             try:
@@ -81,6 +89,7 @@ class FrameDecoder:
                     break
                 continue
             del self._buffer[:end]
+            self._scanned = 0
             events.append(event)
         return events
 
@@ -89,6 +98,20 @@ class FrameDecoder:
             return False
         available = self._buffer[FRAME_HEADER.size:FRAME_HEADER.size + len(PAYLOAD_PREFIX)]
         return PAYLOAD_PREFIX.startswith(bytes(available))
+
+    def _cut_short(self) -> bool:
+        """Drop an incomplete frame that a later header shows was cut off; return whether one was dropped.
+
+        JSON payloads never contain bytes below 0x20, and every header starts
+        with one (a length under MAX_FRAME_BYTES), so such a byte inside an
+        unfinished frame is where the next frame begins.
+        """
+        match = _HEADER_START.search(self._buffer, max(FRAME_HEADER.size, self._scanned))
+        if match is None:
+            self._scanned = len(self._buffer)
+            return False
+        self._skip(match.start())
+        return True
 
     def _resynchronise(self) -> bool:
         """Drop bytes up to the next plausible frame; return False when none is buffered yet."""
@@ -109,6 +132,7 @@ class FrameDecoder:
     def _skip(self, count: int) -> None:
         if count <= 0:
             return
+        self._scanned = 0
         del self._buffer[:count]
         self.skipped_bytes += count
         logger.warning("Audit pipe lost its frame boundary; skipped %d bytes", count)
