@@ -198,7 +198,7 @@ class Supervisor:
     def _all_children(self) -> list[Child]:
         return [*self.workers.values(), self.writer]
 
-    def _refuse_connections(self, name: str) -> None:
+    def _reject_connections(self, name: str) -> None:
         """Close connections to a FATAL worker's socket at once, so clients fail instead of waiting forever.
 
         The supervisor keeps the socket (a restart command brings the worker
@@ -208,9 +208,9 @@ class Supervisor:
         if listener is None or listener.fileno() in self.selector.get_map():
             return
         listener.setblocking(False)
-        self.selector.register(listener, selectors.EVENT_READ, lambda mask: self._refuse_one(name, listener))
+        self.selector.register(listener, selectors.EVENT_READ, lambda mask: self._reject_connection(name, listener))
 
-    def _refuse_one(self, name: str, listener: socket.socket) -> None:
+    def _reject_connection(self, name: str, listener: socket.socket) -> None:
         try:
             connection, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
@@ -413,7 +413,7 @@ class Supervisor:
             if child.role is Role.WRITER:
                 self._update_audit_health()
             else:
-                self._refuse_connections(child.name)
+                self._reject_connections(child.name)
             return
         child.backoff_until = time.monotonic() + delay
         transition(child, ProcessState.BACKOFF, f"restarting in {delay:.1f} s")
@@ -422,7 +422,7 @@ class Supervisor:
         """Tell the writer the last audit sequence number an exited worker reported.
 
         A worker killed with frames still in its own buffer never delivers them,
-        and its successor numbers from 1 again; this mark lets the writer see
+        and its successor numbers from 1 again. This mark lets the writer detect
         that gap (up to the last heartbeat's figure) and record it.
         """
         last_sent = child.report.get("audit_sent")

@@ -109,7 +109,7 @@ class AuditWriter:
             batch = self._poll(max(0.0, next_report - time.monotonic()))
             if batch:
                 self._write_batch(batch)
-                # Figures go out once per interval; a change in sink health goes out at once,
+                # Figures go out once per interval. A change in sink health goes out at once,
                 # because workers must start or stop rejecting requests for critical files.
                 if self._sink_health() != self._reported_health:
                     self._report()

@@ -21,13 +21,13 @@ import logging
 import os
 import signal
 import socket
-import stat
 import sys
 
 from watchgate.config.model import DEFAULT_MAX_MESSAGE_BYTES
 from watchgate.protocol import jsonrpc
 from watchgate.protocol.framing import Oversized, LineReader
 from watchgate.protocol.jsonrpc import ErrorCode, InvalidMessage, Kind, RequestId
+from watchgate.stdio import open_stdio_streams
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ RECONNECT_DELAY_INITIAL = 0.05
 RECONNECT_DELAY_MAX = 2.0
 # Seconds to wait for the worker's response to the replayed initialize before
 # giving up. The worker may be starting its upstream (npx can take several
-# seconds), and it answers with an error once its upstream start times out
+# seconds), and it returns an error once its upstream start times out
 # (startup_timeout, 60 s by default), so a live worker responds within this.
 REPLAY_TIMEOUT = 90.0
 
@@ -298,7 +298,7 @@ class Shim:
             self._initialized_line = line
 
     def _settle_response(self, line: bytes) -> bool:
-        """Mark a response's request as answered; return True when the line must not reach the client."""
+        """Mark a response's request as settled; return True when the line must not reach the client."""
         try:
             kind, message = jsonrpc.decode(line)
         except InvalidMessage:
@@ -317,7 +317,7 @@ class Shim:
         return False
 
     def _fail_in_flight(self) -> None:
-        """Answer each request the lost connection left unanswered, except an initialize to resend."""
+        """Send an error for each request lost with the connection, except an initialize to resend."""
         lost = [request_id for request_id in self._in_flight if not self._is_pending_initialize(request_id)]
         logger.warning("Lost the connection to %s with %d request(s) in flight; answering them with error %d",
                        self.socket_path, len(lost), ErrorCode.UPSTREAM_EXITED)
@@ -379,7 +379,7 @@ async def run_shim(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> int:
     """Relay this process's stdin and stdout to the worker socket until stdin closes or a signal arrives."""
-    reader, writer = await _open_stdio()
+    reader, writer = await open_stdio_streams()
     shim = Shim(socket_path, reader, writer, max_message_bytes)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -420,7 +420,7 @@ class BatchingWriter:
         pending.clear()
         transport = getattr(self._writer, "transport", None)
         if transport is not None and transport.is_closing():
-            return  # the reader of this connection sees the close and the shim reconnects or exits
+            return  # the reader of this connection gets EOF, and the shim reconnects or exits
         try:
             self._writer.write(data)
         except (ConnectionError, OSError) as error:
@@ -438,43 +438,6 @@ class BatchingWriter:
 
     def __getattr__(self, name: str):
         return getattr(self._writer, name)
-
-
-class _FileWriter:
-    """A StreamWriter stand-in for a stdout that is a regular file, which asyncio pipes reject."""
-
-    def __init__(self, fd: int):
-        self._fd = fd
-
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
-
-    async def drain(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
-async def _open_stdio() -> tuple[asyncio.StreamReader, asyncio.StreamWriter | _FileWriter]:
-    """Return non-blocking streams over stdin and stdout (regular files are read or written directly)."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    stdin_fd, stdout_fd = sys.stdin.fileno(), sys.stdout.fileno()
-    if stat.S_ISREG(os.fstat(stdin_fd).st_mode):
-        with open(os.dup(stdin_fd), "rb") as stdin_file:
-            reader.feed_data(stdin_file.read())
-        reader.feed_eof()
-    else:
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), open(os.dup(stdin_fd), "rb", 0))
-    if stat.S_ISREG(os.fstat(stdout_fd).st_mode):
-        return reader, _FileWriter(stdout_fd)
-    transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, open(os.dup(stdout_fd), "wb", 0)
-    )
-    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 def _connect_parser() -> argparse.ArgumentParser:

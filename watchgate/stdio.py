@@ -7,21 +7,24 @@ import os
 import stat
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from watchgate.protocol.framing import READ_CHUNK_BYTES
-from watchgate.proxy.server import Gateway
 from watchgate.proxy.session import SessionProtocol, WriteSideProtocol
 
+if TYPE_CHECKING:
+    from watchgate.proxy.server import Gateway
 
-class _FileTransport:
-    """A write transport for a stdout that is a regular file, which asyncio pipes reject."""
+
+class FileWriter:
+    """A StreamWriter stand-in for a stdout the event loop cannot watch (a file, /dev/null): blocking writes."""
 
     def __init__(self, fd: int):
         self._fd = fd
         self._closed = False
 
     @property
-    def transport(self) -> "_FileTransport":
+    def transport(self) -> FileWriter:
         return self
 
     def write(self, data: bytes) -> None:
@@ -61,7 +64,7 @@ async def serve_stdio(gateway: Gateway) -> asyncio.Future:
     loop = asyncio.get_running_loop()
     stdin_fd, stdout_fd = sys.stdin.fileno(), sys.stdout.fileno()
     if not (_is_pollable(stdin_fd) and _is_pollable(stdout_fd)):
-        return asyncio.ensure_future(_serve_files(gateway, stdin_fd, stdout_fd))
+        return asyncio.ensure_future(_serve_files(gateway))
     write_side = WriteSideProtocol()
     write_transport, _ = await loop.connect_write_pipe(lambda: write_side, os.fdopen(os.dup(stdout_fd), "wb", 0))
     reader = SessionProtocol(gateway, write_transport=write_transport)
@@ -70,19 +73,24 @@ async def serve_stdio(gateway: Gateway) -> asyncio.Future:
     return reader.session.finished
 
 
-async def _serve_files(gateway: Gateway, stdin_fd: int, stdout_fd: int) -> None:
+async def _serve_files(gateway: Gateway) -> None:
     """Serve when stdin or stdout is a file or /dev/null (a recorded session replayed, say)."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    if not _is_pollable(stdin_fd):
-        threading.Thread(target=_read_blocking, args=(stdin_fd, reader, loop), name="stdin", daemon=True).start()
-    else:
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(stdin_fd), "rb", 0))
-    if not _is_pollable(stdout_fd):
-        writer = _FileTransport(stdout_fd)
-    else:
-        transport, protocol = await loop.connect_write_pipe(
-            asyncio.streams.FlowControlMixin, os.fdopen(os.dup(stdout_fd), "wb", 0)
-        )
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    reader, writer = await open_stdio_streams()
     await gateway.serve(reader, writer)
+
+
+async def open_stdio_streams() -> tuple[asyncio.StreamReader, asyncio.StreamWriter | FileWriter]:
+    """Return a StreamReader over stdin and a writer over stdout, whatever kind of file each is."""
+    loop = asyncio.get_running_loop()
+    stdin_fd, stdout_fd = sys.stdin.fileno(), sys.stdout.fileno()
+    reader = asyncio.StreamReader()
+    if _is_pollable(stdin_fd):
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(stdin_fd), "rb", 0))
+    else:
+        threading.Thread(target=_read_blocking, args=(stdin_fd, reader, loop), name="stdin", daemon=True).start()
+    if not _is_pollable(stdout_fd):
+        return reader, FileWriter(stdout_fd)
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(os.dup(stdout_fd), "wb", 0)
+    )
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)

@@ -286,7 +286,8 @@ class Gateway:
                            f"Upstream server '{self.server.name}' {reason} (command: {command_line(self.server)})")
         await upstream.stop()
         self._upstream = None
-        self._initialized_sent = False if self._init_params is None else self._initialized_sent
+        if self._init_params is None:
+            self._initialized_sent = False
         return reason
 
     async def _replay_initialize(self) -> None:
@@ -566,7 +567,8 @@ class Gateway:
                                       f"within {self.server.startup_timeout:g} s") from None
 
     def _fail_init_waiters(self) -> None:
-        self._init_in_flight = False if self._init_result is None else self._init_in_flight
+        if self._init_result is None:
+            self._init_in_flight = False
         for future in self._init_waiters:
             if not future.done():
                 future.set_exception(UpstreamUnavailable(ErrorCode.UPSTREAM_UNAVAILABLE, self._unavailable_message()))
@@ -619,8 +621,7 @@ class Gateway:
         elif method == "notifications/cancelled":
             self._forward_client_cancel(session, message)
             return
-        if self._upstream is not None:
-            self._write_upstream(jsonrpc.encode(message))
+        self._write_upstream(jsonrpc.encode(message))
 
     def _forward_client_cancel(self, session: Session, message: Envelope) -> None:
         try:
@@ -774,10 +775,10 @@ class Gateway:
             return result
         if not isinstance(tools, list):
             return result
-        if self._tool_names is None or pending.session is not None:
-            self._tool_names = (self._tool_names or frozenset()) | {
-                tool.get("name") for tool in tools if isinstance(tool, dict)
-            }
+        # Pages add up, so the set compared after a restart covers every page the client listed.
+        self._tool_names = (self._tool_names or frozenset()) | {
+            tool.get("name") for tool in tools if isinstance(tool, dict)
+        }
         if not self.security:
             return result
         kept = tools
@@ -872,9 +873,9 @@ class Gateway:
     def _pick_session_for(self, method: str) -> Session | None:
         """Choose the session for a server-to-client request.
 
-        The session with a request in flight is chosen when there is exactly
-        one; otherwise a busy session that declared the capability, then any
-        session that declared it (any session at all for `ping`).
+        When exactly one session has a request in flight, it is chosen.
+        Otherwise a busy session that declared the capability comes first, then
+        any session that declared it (any session at all for `ping`).
         """
         busy = [session for session in self.sessions if session.inflight]
         if len(busy) == 1:

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # A session whose unsent output passes this makes the gateway stop reading the
-# upstream until the client catches up; one that stays behind for
-# SLOW_CLIENT_TIMEOUT is dropped so it cannot stall the other sessions forever.
+# upstream until the client catches up. A session that stays behind for
+# SLOW_CLIENT_TIMEOUT is dropped, so it cannot stall the other sessions forever.
 WRITE_HIGH_WATER_BYTES = 4 * 1024 * 1024
 SLOW_CLIENT_TIMEOUT = 30.0
 
@@ -128,7 +128,7 @@ class SessionProtocol(asyncio.Protocol):
     """Feed a connection's lines to the gateway as they arrive, keeping their order.
 
     A line whose handling must wait (for the upstream to start, say) pauses
-    reading; the lines after it wait in a backlog until it is done.
+    reading. The lines after it wait in a backlog until it is done.
     """
 
     def __init__(
